@@ -60,7 +60,11 @@ def _convert(tp: Any, value: Any) -> Any:
     if origin is tuple:
         if len(args) == 2 and args[1] is Ellipsis:
             return tuple(_convert(args[0], v) for v in value)
-        return tuple(_convert(a, v) for a, v in zip(args, value, strict=False)) if args else tuple(value)
+        return (
+            tuple(_convert(a, v) for a, v in zip(args, value, strict=False))
+            if args
+            else tuple(value)
+        )
     if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
         for a in args:
             if a is type(None):

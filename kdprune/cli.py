@@ -1,0 +1,196 @@
+"""`kdprune` command line: one subcommand per pipeline stage (DESIGN §2).
+
+Every subcommand prints progress on stderr and, as its last stdout line, one JSON object
+with what it produced (DESIGN §3). Errors print one clear line and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from kdprune.utils import default_workdir, emit_result
+
+
+def _manifests(args: argparse.Namespace) -> dict[str, Path] | None:
+    given = {s: getattr(args, f"{s}_manifest", None) for s in ("train", "dev", "test")}
+    if not any(given.values()):
+        return None
+    return {k: Path(v) for k, v in given.items() if v}
+
+
+def _add_common(p: argparse.ArgumentParser, manifests: bool = True) -> None:
+    from kdprune.presets import PRESETS
+
+    p.add_argument(
+        "--preset", default="demo", choices=PRESETS, help="configuration preset (default: demo)"
+    )
+    p.add_argument(
+        "--workdir",
+        type=Path,
+        default=None,
+        help="work directory (default $KDPRUNE_WORKDIR or ./work)",
+    )
+    if manifests:
+        for s in ("train", "dev", "test"):
+            p.add_argument(
+                f"--{s}-manifest",
+                type=Path,
+                default=None,
+                help=f"{s} manifest (default: the preset's generated corpus)",
+            )
+
+
+def cmd_data_synth(args) -> dict:
+    from kdprune.pipeline import synth_data
+
+    return {"manifests": synth_data(args.preset, args.workdir)}
+
+
+def cmd_data_librispeech(args) -> dict:
+    from kdprune.data.librispeech import import_librispeech
+
+    out = args.out or (args.workdir / "data" / "librispeech")
+    return {"manifests": import_librispeech(args.root, out)}
+
+
+def cmd_tokenizer(args) -> dict:
+    from kdprune.pipeline import build_tokenizer, resolve_manifests
+    from kdprune.presets import get_preset
+
+    preset = get_preset(args.preset)
+    tok = build_tokenizer(
+        preset, resolve_manifests(args.preset, args.workdir, _manifests(args)), args.workdir
+    )
+    return {"tokenizer": tok.model_file, "vocab_size": tok.vocab_size}
+
+
+def cmd_pretrain(args) -> dict:
+    from kdprune.pipeline import pretrain
+
+    return {"pretrain_dir": pretrain(args.preset, args.workdir, _manifests(args))}
+
+
+def cmd_finetune(args) -> dict:
+    from kdprune.pipeline import finetune
+
+    return finetune(
+        args.preset,
+        args.workdir,
+        _manifests(args),
+        init=args.init,
+        retrain=args.retrain,
+        out_dir=args.out,
+        max_steps=args.max_steps,
+        max_minutes=args.max_minutes,
+        seed=args.seed,
+    )
+
+
+def cmd_evaluate(args) -> dict:
+    from kdprune.eval.evaluate import evaluate
+    from kdprune.models.model_dir import load_model_dir
+
+    m = load_model_dir(args.model, args.device)
+    if args.streaming and not m.config.encoder.streaming:
+        raise ValueError(
+            f"{args.model} was trained non-streaming (no causal conv/chunked attention); "
+            "evaluate it without --streaming or compress it with --streaming"
+        )
+    res = evaluate(
+        m.model,
+        m.tokenizer,
+        args.manifest,
+        args.device,
+        args.beam,
+        args.output,
+        streaming=args.streaming,
+    )
+    return {"model_dir": Path(args.model).resolve(), **res}
+
+
+def cmd_report(args) -> dict:
+    from kdprune.analysis.report import write_report
+
+    return write_report(args.experiment, args.tracking_uri, args.out)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="kdprune", description=__doc__.splitlines()[0])
+    sub = ap.add_subparsers(dest="command", required=True)
+
+    data = sub.add_parser("data", help="build or import a corpus").add_subparsers(
+        dest="data_command", required=True
+    )
+    p = data.add_parser("synth", help="synthesise the embedded TTS corpus of a preset")
+    _add_common(p, manifests=False)
+    p.set_defaults(func=cmd_data_synth)
+    p = data.add_parser("librispeech", help="import a LibriSpeech directory into manifests")
+    _add_common(p, manifests=False)
+    p.add_argument("--root", type=Path, required=True)
+    p.add_argument("--out", type=Path, default=None)
+    p.set_defaults(func=cmd_data_librispeech)
+
+    p = sub.add_parser("tokenizer", help="train the sentencepiece tokenizer")
+    _add_common(p)
+    p.set_defaults(func=cmd_tokenizer)
+
+    p = sub.add_parser("pretrain", help="BEST-RQ SSL pre-training of the encoder (the SSL teacher)")
+    _add_common(p)
+    p.set_defaults(func=cmd_pretrain)
+
+    p = sub.add_parser(
+        "finetune", help="dense RNN-T on the SSL encoder (the uncompressed baseline)"
+    )
+    _add_common(p)
+    p.add_argument(
+        "--init", choices=("ssl", "random"), default="ssl", help="encoder initialisation"
+    )
+    p.add_argument("--retrain", action="store_true", help="train even if a (shipped) model exists")
+    p.add_argument("--out", type=Path, default=None, help="write the model directory here")
+    p.add_argument("--max-steps", type=int, default=None)
+    p.add_argument("--max-minutes", type=float, default=None, help="wall-clock budget")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_finetune)
+
+    p = sub.add_parser("evaluate", help="WER, params and latency of a model directory")
+    p.add_argument("--model", type=Path, required=True)
+    p.add_argument("--manifest", type=Path, required=True)
+    p.add_argument("--streaming", action="store_true", help="chunk-by-chunk streaming inference")
+    p.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    p.add_argument("--beam", type=int, default=1, help="beam size (1: greedy)")
+    p.add_argument(
+        "--output", type=Path, default=None, help="write per-utterance hypotheses (JSON lines)"
+    )
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("report", help="Pareto report of a sweep from MLflow")
+    p.add_argument("--experiment", required=True)
+    p.add_argument("--tracking-uri", default=None)
+    p.add_argument("--out", type=Path, default=None)
+    p.set_defaults(func=cmd_report)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if hasattr(args, "workdir") and args.workdir is None:
+        args.workdir = default_workdir()
+    if getattr(args, "workdir", None) is not None:
+        args.workdir = Path(args.workdir).resolve()
+    if os.environ.get("KDPRUNE_DEBUG"):
+        emit_result(args.func(args))
+        return 0
+    try:
+        result = args.func(args)
+    except (ValueError, FileNotFoundError, RuntimeError) as e:
+        print(f"kdprune {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    emit_result(result)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,130 @@
+"""Evaluate a model on a manifest: WER, parameter counts, latency (DESIGN §3 contract)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from kdprune.data.audio import load_audio
+from kdprune.data.batching import bucket_batches, collate
+from kdprune.data.features import FeatureSet, log_mel
+from kdprune.data.manifest import read_manifest
+from kdprune.data.tokenizer import Tokenizer
+from kdprune.eval.decode import beam_decode, greedy_decode
+from kdprune.eval.latency import measure_latency
+from kdprune.eval.wer import corpus_wer
+from kdprune.models.transducer import Transducer
+from kdprune.utils import atomic_write_text, log
+
+
+@torch.inference_mode()
+def transcribe(
+    model: Transducer,
+    fs: FeatureSet,
+    tok: Tokenizer,
+    device: str | torch.device = "cpu",
+    beam: int = 1,
+    max_frames: int = 40000,
+) -> list[str]:
+    """Decode every utterance of a FeatureSet; returns hypotheses in manifest order."""
+    model.eval()
+    hyps: list[str] = [""] * len(fs.utts)
+    for idx in bucket_batches(fs.num_frames, max_frames, 64, 0, 0, shuffle=False):
+        b = collate(fs, idx, tok).to(device)
+        enc = model.encode(b.feats, b.feat_lens)
+        if beam <= 1:
+            ids = greedy_decode(model, enc.out, enc.lengths)
+        else:
+            ids = [
+                beam_decode(model, enc.out[j], int(enc.lengths[j]), beam) for j in range(len(idx))
+            ]
+        for j, i in enumerate(idx):
+            hyps[i] = tok.decode(ids[j])
+    return hyps
+
+
+def wer_on(model: Transducer, fs: FeatureSet, tok: Tokenizer, device="cpu", beam: int = 1) -> float:
+    hyps = transcribe(model, fs, tok, device, beam)
+    return corpus_wer([u.text for u in fs.utts], hyps)[0]
+
+
+def model_latency(
+    model: Transducer,
+    fs: FeatureSet,
+    tok: Tokenizer,
+    device: str | torch.device = "cpu",
+    max_utts: int = 40,
+    threads: int | None = None,
+) -> dict[str, float]:
+    """End-to-end latency at batch 1 (normalise + encode + greedy decode) on up to
+    `max_utts` utterances spread over the set."""
+    model.eval()
+    step = max(1, len(fs.utts) // max_utts)
+    picks = list(range(0, len(fs.utts), step))[:max_utts]
+    feats = [fs.feats[i].float()[None].to(device) for i in picks]
+    durs = [fs.utts[i].duration for i in picks]
+
+    def run(i: int) -> None:
+        f = feats[i]
+        enc = model.encode(f, torch.tensor([f.shape[1]], device=device))
+        greedy_decode(model, enc.out, enc.lengths)
+
+    lat = measure_latency(run, durs, device, threads=threads)
+    return {
+        "latency_ms_per_audio_s": lat.ms_per_audio_s,
+        "rtf": lat.rtf,
+        "latency_threads": lat.threads,
+    }
+
+
+def features_for_manifest(manifest: Path, model: Transducer) -> FeatureSet:
+    """Features for evaluation, computed with the model's own front-end config."""
+    utts = read_manifest(manifest)
+    feats = [
+        log_mel(torch.from_numpy(load_audio(u.audio_filepath)), model.cfg.features) for u in utts
+    ]
+    return FeatureSet(utts, feats)
+
+
+def evaluate(
+    model: Transducer,
+    tok: Tokenizer,
+    manifest: Path,
+    device: str = "cpu",
+    beam: int = 1,
+    output: Path | None = None,
+    fs: FeatureSet | None = None,
+    latency_utts: int = 40,
+    streaming: bool = False,
+) -> dict[str, Any]:
+    """The `kdprune evaluate` result: WER, params, latency, device."""
+    model.to(device).eval()
+    fs = fs if fs is not None else features_for_manifest(manifest, model)
+    log(f"decoding {len(fs.utts)} utterances of {manifest} (beam {beam}, {device})")
+    hyps = transcribe(model, fs, tok, device, beam)
+    refs = [u.text for u in fs.utts]
+    wer, errors, words = corpus_wer(refs, hyps)
+    if output is not None:
+        lines = [
+            json.dumps({"audio_filepath": str(u.audio_filepath), "reference": r, "hypothesis": h})
+            for u, r, h in zip(fs.utts, refs, hyps, strict=True)
+        ]
+        atomic_write_text(Path(output), "\n".join(lines) + "\n")
+    log("measuring latency at batch 1")
+    lat = model_latency(model, fs, tok, device, latency_utts)
+    return {
+        "wer": wer,
+        "errors": errors,
+        "reference_words": words,
+        "num_utterances": len(fs.utts),
+        "params": model.num_params(),
+        "encoder_params": model.encoder_params(),
+        **lat,
+        "device": str(device),
+        "beam": beam,
+        "streaming": streaming,
+        "manifest": str(Path(manifest).resolve()),
+    }

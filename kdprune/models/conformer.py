@@ -1,0 +1,354 @@
+"""Conformer encoder with per-layer dimensions (so a pruned model is just another config).
+
+Block layout follows torchaudio.models.Conformer (macaron FFN/2, MHSA, conv module, FFN/2,
+final LayerNorm), so torchaudio weights import 1:1 (`kdprune.models.torchaudio_import`).
+Differences, all switchable: our own attention with separate q/k/v projections (so heads
+can be pruned) and an optional per-head relative-position bias; pointwise convolutions
+written as Linear layers over (B, T, D) (so they can be factorised like any projection);
+padded frames zeroed before the depthwise convolution (padding invariance); causal
+depthwise convolution and chunked attention masks for streaming.
+
+Every prunable unit has a gate slot (`unit_gate`, `module_gate`) that is ``None`` in a
+plain model; `kdprune.pruning` fills them. A gate slot holds a module whose call returns a
+mask of shape (n_units,) or (1,).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, replace
+from typing import NamedTuple
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from kdprune.models.layers import make_linear
+from kdprune.models.streaming import chunk_attention_mask
+
+LINEAR_NAMES = (
+    "attn.q",
+    "attn.k",
+    "attn.v",
+    "attn.out",
+    "ffn1.w1",
+    "ffn1.w2",
+    "ffn2.w1",
+    "ffn2.w2",
+    "conv.pw1",
+    "conv.pw2",
+)
+
+
+@dataclass(frozen=True)
+class LayerDims:
+    """Dimensions of one conformer block; a zero removes that module entirely."""
+
+    num_heads: int = 4  # attention heads (0: no attention module)
+    head_dim: int = 36  # per-head q/k/v width
+    ffn1_dim: int = 576  # hidden units of the first (macaron) FFN (0: removed)
+    ffn2_dim: int = 576  # hidden units of the second FFN (0: removed)
+    conv_channels: int = 144  # channels of the conv module (0: removed)
+    # Low-rank factorised projections in this block: (name from LINEAR_NAMES, rank).
+    ranks: tuple[tuple[str, int], ...] = ()
+
+    def rank(self, name: str) -> int | None:
+        return dict(self.ranks).get(name)
+
+
+@dataclass(frozen=True)
+class ConformerConfig:
+    """Architecture of the encoder. Derived values are properties, never stored."""
+
+    input_dim: int = 80  # feature dimension (log-mel bins)
+    d_model: int = 144  # residual stream width
+    subsampling: int = 4  # time subsampling of the conv front end: 4 or 8
+    subsampling_channels: int = 64  # channels of the Conv2d front end
+    layers: tuple[LayerDims, ...] = field(default_factory=lambda: (LayerDims(),) * 4)
+    kernel_size: int = 15  # depthwise conv kernel (odd)
+    dropout: float = 0.1
+    pos_bias: bool = True  # per-head learned relative-position bias (False = torchaudio layout)
+    max_rel_pos: int = 64  # relative distances are clipped to +-max_rel_pos frames
+    streaming: bool = False  # causal conv + chunked attention (train and eval)
+    chunk_size: int = 8  # frames (after subsampling) per chunk when streaming
+    left_chunks: int = 4  # chunks of left context visible to attention when streaming
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.layers)
+
+    @staticmethod
+    def uniform(
+        num_layers: int, d_model: int, num_heads: int, ffn_dim: int, **kw
+    ) -> ConformerConfig:
+        dims = LayerDims(num_heads, d_model // num_heads, ffn_dim, ffn_dim, d_model)
+        return ConformerConfig(d_model=d_model, layers=(dims,) * num_layers, **kw)
+
+    def with_layers(self, layers: tuple[LayerDims, ...]) -> ConformerConfig:
+        return replace(self, layers=tuple(layers))
+
+
+class EncoderOutput(NamedTuple):
+    out: torch.Tensor  # (B, T', D)
+    lengths: torch.Tensor  # (B,)
+    hidden: tuple[torch.Tensor, ...]  # per-layer outputs (B, T', D) when asked for, else ()
+
+
+def lengths_to_mask(lengths: torch.Tensor, max_len: int) -> torch.Tensor:
+    """(B,) -> (B, T) bool, True at valid frames."""
+    return torch.arange(max_len, device=lengths.device)[None, :] < lengths[:, None]
+
+
+class Subsampling(nn.Module):
+    """Conv2d front end: (B, T, F) -> (B, T/s, D). No time padding, so every output frame
+    depends only on a fixed window of input frames (a streaming front end can cache it)."""
+
+    def __init__(self, cfg: ConformerConfig) -> None:
+        super().__init__()
+        if cfg.subsampling not in (4, 8):
+            raise ValueError(f"subsampling must be 4 or 8, got {cfg.subsampling}")
+        n = int(math.log2(cfg.subsampling))
+        c = cfg.subsampling_channels
+        convs = []
+        freq = cfg.input_dim
+        for i in range(n):
+            convs += [nn.Conv2d(1 if i == 0 else c, c, 3, stride=2), nn.ReLU()]
+            freq = (freq - 1) // 2
+        self.convs = nn.Sequential(*convs)
+        self.proj = nn.Linear(c * freq, cfg.d_model)
+        self.num_convs = n
+
+    def output_lengths(self, lengths: torch.Tensor) -> torch.Tensor:
+        for _ in range(self.num_convs):
+            lengths = torch.div(lengths - 1, 2, rounding_mode="floor")
+        return lengths.clamp(min=0)
+
+    @property
+    def receptive_field(self) -> int:
+        """Input frames that one output frame sees; stride = 2**num_convs."""
+        rf = 1
+        for _ in range(self.num_convs):
+            rf = rf * 2 + 1
+        return rf
+
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        h = self.convs(x.unsqueeze(1))  # (B, C, T', F')
+        b, c, t, f = h.shape
+        h = self.proj(h.permute(0, 2, 1, 3).reshape(b, t, c * f))
+        return h, self.output_lengths(lengths)
+
+
+def _gate(h: torch.Tensor, gate: nn.Module | None, dim: int) -> torch.Tensor:
+    """Multiply units along `dim` by the gate's mask (no-op for a plain model)."""
+    if gate is None:
+        return h
+    mask = gate().to(h.dtype)
+    shape = [1] * h.dim()
+    shape[dim] = -1
+    return h * mask.view(shape)
+
+
+class FeedForward(nn.Module):
+    """LayerNorm -> Linear(D, H) -> SiLU -> Linear(H, D); hidden units are gated."""
+
+    def __init__(self, d_model: int, hidden: int, dropout: float, r1: int | None, r2: int | None):
+        super().__init__()
+        self.norm = nn.LayerNorm(d_model)
+        self.w1 = make_linear(d_model, hidden, r1, bias=True)
+        self.w2 = make_linear(hidden, d_model, r2, bias=True)
+        self.dropout = nn.Dropout(dropout)
+        self.unit_gate: nn.Module | None = None
+        self.module_gate: nn.Module | None = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = F.silu(self.w1(self.norm(x)))
+        h = _gate(self.dropout(h), self.unit_gate, -1)
+        return _gate(self.dropout(self.w2(h)), self.module_gate, -1)
+
+
+class SelfAttention(nn.Module):
+    """Multi-head self-attention with separate q/k/v projections; heads are gated."""
+
+    def __init__(self, cfg: ConformerConfig, dims: LayerDims) -> None:
+        super().__init__()
+        d, h, dh = cfg.d_model, dims.num_heads, dims.head_dim
+        self.num_heads, self.head_dim = h, dh
+        self.norm = nn.LayerNorm(d)
+        self.q = make_linear(d, h * dh, dims.rank("attn.q"), bias=True)
+        self.k = make_linear(d, h * dh, dims.rank("attn.k"), bias=True)
+        self.v = make_linear(d, h * dh, dims.rank("attn.v"), bias=True)
+        self.out = make_linear(h * dh, d, dims.rank("attn.out"), bias=True)
+        self.max_rel_pos = cfg.max_rel_pos
+        # One learned bias per head and clipped relative distance (key - query).
+        self.rel_bias = (
+            nn.Parameter(torch.zeros(h, 2 * cfg.max_rel_pos + 1)) if cfg.pos_bias else None
+        )
+        self.dropout = cfg.dropout
+        self.out_dropout = nn.Dropout(cfg.dropout)
+        self.unit_gate: nn.Module | None = None
+        self.module_gate: nn.Module | None = None
+
+    def position_bias(self, q_pos: torch.Tensor, k_pos: torch.Tensor) -> torch.Tensor | None:
+        """(Tq,), (Tk,) absolute positions -> (H, Tq, Tk) bias."""
+        if self.rel_bias is None:
+            return None
+        rel = (k_pos[None, :] - q_pos[:, None]).clamp(-self.max_rel_pos, self.max_rel_pos)
+        return self.rel_bias[:, rel + self.max_rel_pos]
+
+    def attend(
+        self,
+        x: torch.Tensor,
+        kv: torch.Tensor,
+        allowed: torch.Tensor,
+        q_pos: torch.Tensor,
+        k_pos: torch.Tensor,
+    ) -> torch.Tensor:
+        """x: normed queries (B, Tq, D); kv: normed keys/values (B, Tk, D);
+        allowed: (B or 1, Tq, Tk) bool. Returns (B, Tq, D) before residual."""
+        b, tq, _ = x.shape
+        tk = kv.shape[1]
+        h, dh = self.num_heads, self.head_dim
+        q = self.q(x).view(b, tq, h, dh).transpose(1, 2)
+        k = self.k(kv).view(b, tk, h, dh).transpose(1, 2)
+        v = self.v(kv).view(b, tk, h, dh).transpose(1, 2)
+        bias = torch.zeros((), dtype=q.dtype, device=q.device)
+        pb = self.position_bias(q_pos, k_pos)
+        if pb is not None:
+            bias = pb.to(q.dtype)[None]
+        mask = bias + torch.zeros_like(allowed[:, None], dtype=q.dtype).masked_fill(
+            ~allowed[:, None], float("-inf")
+        )
+        # A query row with no allowed key (a padded frame) would give NaN; let it see itself.
+        y = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0
+        )
+        y = _gate(y, self.unit_gate, 1)  # (B, H, Tq, dh): gate heads
+        y = y.transpose(1, 2).reshape(b, tq, h * dh)
+        return _gate(self.out_dropout(self.out(y)), self.module_gate, -1)
+
+    def forward(self, x: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
+        xn = self.norm(x)
+        pos = torch.arange(x.shape[1], device=x.device)
+        return self.attend(xn, xn, allowed, pos, pos)
+
+
+class ConvModule(nn.Module):
+    """LayerNorm -> pointwise (GLU) -> depthwise -> BatchNorm -> SiLU -> pointwise; channels gated."""
+
+    def __init__(self, cfg: ConformerConfig, dims: LayerDims) -> None:
+        super().__init__()
+        d, c, k = cfg.d_model, dims.conv_channels, cfg.kernel_size
+        self.channels, self.kernel_size, self.causal = c, k, cfg.streaming
+        self.norm = nn.LayerNorm(d)
+        self.pw1 = make_linear(d, 2 * c, dims.rank("conv.pw1"), bias=True)
+        self.depthwise = nn.Conv1d(c, c, k, groups=c, bias=True)
+        self.bn = nn.BatchNorm1d(c)
+        self.pw2 = make_linear(c, d, dims.rank("conv.pw2"), bias=True)
+        self.dropout = nn.Dropout(cfg.dropout)
+        self.unit_gate: nn.Module | None = None
+        self.module_gate: nn.Module | None = None
+
+    @property
+    def left_context(self) -> int:
+        return self.kernel_size - 1 if self.causal else (self.kernel_size - 1) // 2
+
+    def glu(self, x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        """(B, T, D) -> GLU output (B, C, T) with padded frames zeroed."""
+        h = F.glu(self.pw1(self.norm(x)), dim=-1)
+        return h.masked_fill(~valid[..., None], 0.0).transpose(1, 2)
+
+    def post(self, h: torch.Tensor) -> torch.Tensor:
+        """Depthwise output (B, C, T) -> module output (B, T, D)."""
+        h = F.silu(self.bn(h))
+        h = _gate(h, self.unit_gate, 1)
+        return _gate(self.dropout(self.pw2(h.transpose(1, 2))), self.module_gate, -1)
+
+    def forward(self, x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        h = self.glu(x, valid)
+        right = self.kernel_size - 1 - self.left_context
+        h = F.pad(h, (self.left_context, right))
+        return self.post(self.depthwise(h))
+
+
+class ConformerLayer(nn.Module):
+    """One conformer block built from its own `LayerDims`."""
+
+    def __init__(self, cfg: ConformerConfig, dims: LayerDims) -> None:
+        super().__init__()
+        self.dims = dims
+        r = dims.rank
+        self.ffn1 = (
+            FeedForward(cfg.d_model, dims.ffn1_dim, cfg.dropout, r("ffn1.w1"), r("ffn1.w2"))
+            if dims.ffn1_dim
+            else None
+        )
+        self.attn = SelfAttention(cfg, dims) if dims.num_heads else None
+        self.conv = ConvModule(cfg, dims) if dims.conv_channels else None
+        self.ffn2 = (
+            FeedForward(cfg.d_model, dims.ffn2_dim, cfg.dropout, r("ffn2.w1"), r("ffn2.w2"))
+            if dims.ffn2_dim
+            else None
+        )
+        self.final_norm = nn.LayerNorm(cfg.d_model)
+
+    def forward(self, x: torch.Tensor, valid: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
+        if self.ffn1 is not None:
+            x = x + 0.5 * self.ffn1(x)
+        if self.attn is not None:
+            x = x + self.attn(x, allowed)
+        if self.conv is not None:
+            x = x + self.conv(x, valid)
+        if self.ffn2 is not None:
+            x = x + 0.5 * self.ffn2(x)
+        return self.final_norm(x)
+
+
+class ConformerEncoder(nn.Module):
+    """Features (B, T, F) + lengths (B,) -> EncoderOutput with (B, T', D), T' = T / subsampling."""
+
+    def __init__(self, cfg: ConformerConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.subsampling = Subsampling(cfg)
+        self.dropout = nn.Dropout(cfg.dropout)
+        self.layers = nn.ModuleList(ConformerLayer(cfg, d) for d in cfg.layers)
+
+    def attention_allowed(self, lengths: torch.Tensor, t: int) -> torch.Tensor:
+        """(B, T, T) bool: key j visible from query i (padding, and chunks when streaming)."""
+        valid = lengths_to_mask(lengths, t)
+        allowed = valid[:, None, :].expand(-1, t, -1)
+        if self.cfg.streaming:
+            allowed = (
+                allowed
+                & chunk_attention_mask(
+                    t, self.cfg.chunk_size, self.cfg.left_chunks, lengths.device
+                )[None]
+            )
+        # Padded query rows: let them see frame 0 so softmax stays finite (outputs ignored).
+        eye = torch.zeros(t, t, dtype=torch.bool, device=lengths.device)
+        eye[:, 0] = True
+        return allowed | (~valid[:, :, None] & eye[None])
+
+    def forward(
+        self, x: torch.Tensor, lengths: torch.Tensor, return_hidden: bool = False
+    ) -> EncoderOutput:
+        x, lengths = self.subsampling(x, lengths)
+        x = self.dropout(x)
+        return self.forward_layers(x, lengths, return_hidden)
+
+    def forward_layers(
+        self, x: torch.Tensor, lengths: torch.Tensor, return_hidden: bool = False
+    ) -> EncoderOutput:
+        """Run the conformer blocks on already-subsampled frames (B, T', D)."""
+        t = x.shape[1]
+        valid = lengths_to_mask(lengths, t)
+        allowed = self.attention_allowed(lengths, t)
+        hidden = []
+        for layer in self.layers:
+            x = layer(x, valid, allowed)
+            if return_hidden:
+                hidden.append(x)
+        return EncoderOutput(x, lengths, tuple(hidden))
+
+    def num_params(self) -> int:
+        return sum(p.numel() for p in self.parameters())

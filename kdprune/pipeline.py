@@ -1,0 +1,280 @@
+"""Pipeline stages (DESIGN §2): corpus -> tokenizer -> SSL pre-training -> RNN-T fine-tuning.
+
+Each stage writes into `<workdir>/<stage>/<preset>-<config hash>/`, returns at once when
+that output already exists, and runs the stages it depends on when theirs are missing.
+"""
+
+from __future__ import annotations
+
+import platform
+import shutil
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from kdprune.data.features import (
+    FeatureSet,
+    SpecAugmentConfig,
+    global_stats,
+    load_features,
+    spec_augment,
+)
+from kdprune.data.manifest import read_manifest
+from kdprune.data.synth import synth_config, synth_corpus
+from kdprune.data.tokenizer import Tokenizer, train_tokenizer
+from kdprune.eval.evaluate import evaluate, model_latency, wer_on
+from kdprune.models.conformer import ConformerEncoder
+from kdprune.models.model_dir import LoadedModel, load_model_dir, save_model_dir
+from kdprune.models.ssl import BestRq
+from kdprune.models.transducer import ModelConfig, Transducer
+from kdprune.presets import Preset, get_preset
+from kdprune.train.loop import fit
+from kdprune.train.losses import asr_loss
+from kdprune.utils import config_hash, log, read_json, write_json
+
+SPLITS = ("train", "dev", "test")
+SHIPPED_DEMO_TEACHER = Path(__file__).parent / "assets" / "demo_teacher"
+
+
+def stage_dir(workdir: Path, stage: str, preset: str, *parts: Any) -> Path:
+    return Path(workdir).resolve() / stage / f"{preset}-{config_hash(*parts)}"
+
+
+def synth_data(preset: str, workdir: Path) -> dict[str, Path]:
+    """`kdprune data synth`: the embedded generated corpus for a preset."""
+    cfg = synth_config(preset)
+    return synth_corpus(cfg, stage_dir(workdir, "data", preset, cfg))
+
+
+def resolve_manifests(
+    preset: str, workdir: Path, manifests: dict[str, Path] | None
+) -> dict[str, Path]:
+    """User-given manifests (e.g. LibriSpeech) or the generated corpus of the preset."""
+    if manifests:
+        missing = [s for s in SPLITS if s not in manifests]
+        if missing:
+            raise ValueError(f"manifests for split(s) {missing} not given")
+        return {s: Path(manifests[s]).resolve() for s in SPLITS}
+    return synth_data(preset, workdir)
+
+
+def _manifest_key(manifests: dict[str, Path]) -> list[str]:
+    return [config_hash(Path(manifests[s]).read_bytes().decode()) for s in SPLITS]
+
+
+def build_tokenizer(preset: Preset, manifests: dict[str, Path], workdir: Path) -> Tokenizer:
+    """`kdprune tokenizer`: sentencepiece on the train transcripts."""
+    out = (
+        stage_dir(workdir, "tokenizer", preset.name, preset.vocab_size, _manifest_key(manifests)[0])
+        / "tokenizer.model"
+    )
+    if out.exists():
+        return Tokenizer(out)
+    texts = [u.text for u in read_manifest(manifests["train"], check_audio=False)]
+    log(f"training a {preset.vocab_size}-piece sentencepiece model on {len(texts)} transcripts")
+    return train_tokenizer(texts, out, preset.vocab_size)
+
+
+def features(manifests: dict[str, Path], preset: Preset, workdir: Path, split: str) -> FeatureSet:
+    return load_features(manifests[split], preset.features, Path(workdir).resolve() / "features")
+
+
+def _train_stats(fs: FeatureSet) -> tuple[torch.Tensor, torch.Tensor]:
+    return global_stats(fs.feats)
+
+
+def pretrain(preset_name: str, workdir: Path, manifests: dict[str, Path] | None = None) -> Path:
+    """`kdprune pretrain`: BEST-RQ on the train audio (no transcripts) -> encoder weights."""
+    preset = get_preset(preset_name)
+    manifests = resolve_manifests(preset_name, workdir, manifests)
+    out = stage_dir(
+        workdir,
+        "pretrain",
+        preset_name,
+        preset.encoder,
+        preset.bestrq,
+        preset.pretrain,
+        _manifest_key(manifests)[0],
+    )
+    weights = out / "encoder.safetensors"
+    if weights.exists():
+        return out
+    train = features(manifests, preset, workdir, "train")
+    mean, std = _train_stats(train)
+    torch.manual_seed(preset.pretrain.seed)
+    model = BestRq(ConformerEncoder(preset.encoder), preset.bestrq)
+    gen = torch.Generator().manual_seed(preset.pretrain.seed)
+    opt = torch.optim.AdamW(
+        model.parameters(), lr=preset.pretrain.lr, weight_decay=preset.pretrain.weight_decay
+    )
+    log(
+        f"BEST-RQ pre-training: {model.encoder.num_params():,} encoder params, {len(train.utts)} utterances"
+    )
+
+    def compute_loss(batch, step):
+        x = (batch.feats - mean) / std
+        loss, acc = model(x, batch.feat_lens, gen)
+        return loss, {"loss_ssl": float(loss), "acc_masked": acc}
+
+    res = fit(model, compute_loss, opt, train, None, preset.pretrain, ckpt_dir=out / "ckpt")
+    save_file({k: v.contiguous() for k, v in model.encoder.state_dict().items()}, str(weights))
+    save_file({"mean": mean, "std": std}, str(out / "stats.safetensors"))
+    write_json(
+        out / "pretrain.json", {"steps": res.steps, "wall_s": res.wall_s, "encoder": preset.encoder}
+    )
+    return out
+
+
+def finetune(
+    preset_name: str,
+    workdir: Path,
+    manifests: dict[str, Path] | None = None,
+    init: str = "ssl",
+    retrain: bool = False,
+    out_dir: Path | None = None,
+    max_steps: int | None = None,
+    max_minutes: float | None = None,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """`kdprune finetune`: dense RNN-T on the (SSL) encoder -> model directory + metrics.
+
+    The demo preset returns the shipped teacher unless `retrain` (or other data) is asked.
+    """
+    if init not in ("ssl", "random"):
+        raise ValueError(f"init must be 'ssl' or 'random', got {init!r}")
+    preset = get_preset(preset_name)
+    cfg = preset.finetune
+    cfg = replace(
+        cfg,
+        seed=seed,
+        **({"max_steps": max_steps} if max_steps else {}),
+        **({"max_minutes": max_minutes} if max_minutes else {}),
+    )
+    if (
+        preset_name == "demo"
+        and not retrain
+        and not manifests
+        and out_dir is None
+        and init == "ssl"
+        and cfg == replace(preset.finetune, seed=seed)
+        and seed == 0
+    ):
+        if (SHIPPED_DEMO_TEACHER / "config.json").exists():
+            extra = read_json(SHIPPED_DEMO_TEACHER / "config.json")["extra"]
+            log(f"using the shipped demo teacher {SHIPPED_DEMO_TEACHER} (--retrain to rebuild it)")
+            return {
+                "model_dir": str(SHIPPED_DEMO_TEACHER),
+                "shipped": True,
+                **extra.get("metrics", {}),
+            }
+        log("no shipped demo teacher found: training it")
+    manifests = resolve_manifests(preset_name, workdir, manifests)
+    tok = build_tokenizer(preset, manifests, workdir)
+    key = stage_dir(
+        workdir,
+        "finetune",
+        preset_name,
+        preset.encoder,
+        cfg,
+        init,
+        _manifest_key(manifests),
+        preset.pred_dim,
+        preset.joint_dim,
+    )
+    out = Path(out_dir).resolve() if out_dir else key / "model"
+    if (out / "config.json").exists() and not retrain:
+        extra = read_json(out / "config.json")["extra"]
+        return {"model_dir": str(out), **extra.get("metrics", {})}
+    train = features(manifests, preset, workdir, "train")
+    dev = features(manifests, preset, workdir, "dev")
+    torch.manual_seed(seed)
+    mcfg = ModelConfig(
+        vocab_size=tok.vocab_size,
+        features=preset.features,
+        encoder=preset.encoder,
+        pred_dim=preset.pred_dim,
+        pred_layers=1,
+        joint_dim=preset.joint_dim,
+    )
+    model = Transducer(mcfg)
+    mean, std = _train_stats(train)
+    model.normaliser.mean.copy_(mean)
+    model.normaliser.std.copy_(std)
+    if init == "ssl":
+        pt = pretrain(preset_name, workdir, manifests)
+        model.encoder.load_state_dict(load_file(str(pt / "encoder.safetensors")), strict=True)
+        log(f"encoder initialised from SSL pre-training {pt}")
+    log(f"fine-tuning RNN-T: {model.num_params():,} params ({model.encoder_params():,} encoder)")
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    gen = torch.Generator().manual_seed(seed)
+    sa = SpecAugmentConfig()
+    dev_eval = FeatureSet(dev.utts[:200], dev.feats[:200])
+
+    def compute_loss(batch, step):
+        feats = (
+            spec_augment(batch.feats, sa, gen, model.normaliser.mean)
+            if cfg.spec_augment
+            else batch.feats
+        )
+        r = asr_loss(model, batch, feats, cfg.ctc_weight)
+        return r.loss, {"loss_rnnt": float(r.rnnt), "loss_ctc": float(r.ctc)}
+
+    def eval_dev(step):
+        w = wer_on(model, dev_eval, tok)
+        log(f"step {step}: dev WER {100 * w:.2f}% ({len(dev_eval.utts)} utts)")
+        return {"wer_dev": w}
+
+    res = fit(model, compute_loss, opt, train, tok, cfg, ckpt_dir=key / "ckpt", evaluate=eval_dev)
+    model.eval()
+    test = features(manifests, preset, workdir, "test")
+    metrics = {
+        "wer_dev": wer_on(model, dev, tok),
+        "wer_test": wer_on(model, test, tok),
+        "params": model.num_params(),
+        "encoder_params": model.encoder_params(),
+        **model_latency(model, test, tok),
+        "steps": res.steps,
+        "train_wall_s": res.wall_s,
+    }
+    log(
+        f"fine-tuned: dev WER {100 * metrics['wer_dev']:.2f}%, test WER {100 * metrics['wer_test']:.2f}%"
+    )
+    extra = {
+        "stage": "finetune",
+        "preset": preset_name,
+        "init": init,
+        "seed": seed,
+        "train": cfg,
+        "metrics": metrics,
+        "history": res.history,
+        "manifests": {k: str(v) for k, v in manifests.items()},
+        "machine": f"{platform.machine()} {platform.processor() or ''} {torch.get_num_threads()} threads".strip(),
+        "command": " ".join(sys.argv),
+        "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
+    }
+    save_model_dir(out, model, tok, extra)
+    write_json(out / "metrics.json", metrics)
+    return {"model_dir": str(out), **metrics}
+
+
+def load_teacher(model_dir: Path) -> LoadedModel:
+    return load_model_dir(model_dir)
+
+
+def evaluate_dir(
+    model_dir: Path, manifest: Path, device: str = "cpu", beam: int = 1, output: Path | None = None
+) -> dict[str, Any]:
+    m = load_model_dir(model_dir, device)
+    return {
+        "model_dir": str(Path(model_dir).resolve()),
+        **evaluate(m.model, m.tokenizer, manifest, device, beam, output),
+    }
+
+
+def copy_model_dir(src: Path, dst: Path) -> None:
+    shutil.copytree(src, dst, dirs_exist_ok=True)

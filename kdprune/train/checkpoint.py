@@ -1,0 +1,58 @@
+"""Resumable training checkpoints: atomic (temp file + rename), loaded with weights_only=True.
+
+The previous checkpoint is replaced only after the new one is completely on disk, so a
+crash (or a full disk) while writing leaves the last good checkpoint loadable.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+CKPT = "checkpoint.pt"
+
+
+def save_checkpoint(
+    ckpt_dir: Path, model: nn.Module, optimiser: torch.optim.Optimizer, state: dict[str, Any]
+) -> Path:
+    ckpt_dir = Path(ckpt_dir)
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    path = ckpt_dir / CKPT
+    tmp = ckpt_dir / f".{CKPT}.{os.getpid()}.tmp"
+    payload = {
+        "model": model.state_dict(),
+        "optimiser": optimiser.state_dict(),
+        "state": state,
+        "rng": {
+            "torch": torch.get_rng_state(),
+            "python": list(random.getstate()[1]),
+            "numpy": torch.from_numpy(np.random.get_state()[1].astype(np.int64)),
+        },
+    }
+    try:
+        torch.save(payload, tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def load_checkpoint(
+    ckpt_dir: Path, model: nn.Module, optimiser: torch.optim.Optimizer | None
+) -> dict[str, Any] | None:
+    """Restore model/optimiser/RNG from `ckpt_dir`; returns the saved state or None."""
+    path = Path(ckpt_dir) / CKPT
+    if not path.exists():
+        return None
+    payload = torch.load(path, weights_only=True, map_location="cpu")
+    model.load_state_dict(payload["model"], strict=True)
+    if optimiser is not None:
+        optimiser.load_state_dict(payload["optimiser"])
+    torch.set_rng_state(payload["rng"]["torch"])
+    return payload["state"]

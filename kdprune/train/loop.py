@@ -1,0 +1,182 @@
+"""One readable training loop shared by pretrain, finetune and compress.
+
+The caller supplies `compute_loss(batch, step) -> (loss, stats)`; the loop owns batching,
+the LR schedule, gradient clipping, non-finite-loss skipping, periodic evaluation,
+checkpoint/resume and progress. Schedules are functions of the step.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from kdprune.data.batching import Batch, bucket_batches, collate
+from kdprune.data.features import FeatureSet
+from kdprune.data.tokenizer import Tokenizer
+from kdprune.train.checkpoint import load_checkpoint, save_checkpoint
+from kdprune.utils import log
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation settings of one training stage."""
+
+    max_steps: int = 1000
+    lr: float = 2e-3  # peak learning rate of the weights
+    warmup_steps: int = 200  # linear warm-up, then cosine decay to min_lr_ratio * lr
+    min_lr_ratio: float = 0.05
+    weight_decay: float = 1e-3
+    max_frames: int = 20000  # padded feature frames per batch (per worker)
+    max_batch: int = 64  # utterances per batch
+    ctc_weight: float = 0.3  # CTC auxiliary loss weight (0: off)
+    grad_clip: float = 5.0
+    spec_augment: bool = True
+    eval_every: int = 250  # steps between dev evaluations (0: only at the end)
+    log_every: int = 25
+    checkpoint_every: int = 250  # steps between resumable checkpoints
+    max_minutes: float = 0.0  # wall-clock budget (0: none); stops cleanly when reached
+    max_bad_steps: int = 20  # non-finite losses tolerated before the run fails
+    seed: int = 0
+
+
+def lr_factor(step: int, cfg: TrainConfig) -> float:
+    """Linear warm-up then cosine decay, as a multiplier of the peak LR."""
+    if step < cfg.warmup_steps:
+        return (step + 1) / cfg.warmup_steps
+    progress = min(1.0, (step - cfg.warmup_steps) / max(1, cfg.max_steps - cfg.warmup_steps))
+    return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+class NonFiniteLossError(RuntimeError):
+    """Raised when too many steps produced a NaN/inf loss."""
+
+
+@dataclass
+class FitResult:
+    steps: int
+    wall_s: float
+    history: list[dict[str, Any]] = field(default_factory=list)  # eval records
+    skipped_steps: int = 0
+
+
+def batches_forever(
+    fs: FeatureSet, tok: Tokenizer | None, cfg: TrainConfig, start_step: int, rank: int, world: int
+):
+    """Yield (epoch, Batch) endlessly; deterministic in (seed, epoch) so resume is exact."""
+    epoch = 0
+    step = 0
+    lengths = fs.num_frames
+    while True:
+        for idx in bucket_batches(
+            lengths, cfg.max_frames, cfg.max_batch, cfg.seed, epoch, True, rank, world
+        ):
+            if step >= start_step:
+                yield epoch, collate(fs, idx, tok)
+            step += 1
+        epoch += 1
+
+
+def fit(
+    model: nn.Module,
+    compute_loss: Callable[[Batch, int], tuple[torch.Tensor, dict[str, float]]],
+    optimiser: torch.optim.Optimizer,
+    train_set: FeatureSet,
+    tokenizer: Tokenizer | None,
+    cfg: TrainConfig,
+    ckpt_dir: Path | None = None,
+    evaluate: Callable[[int], dict[str, float]] | None = None,
+    on_log: Callable[[int, dict[str, float]], None] | None = None,
+    rank: int = 0,
+    world_size: int = 1,
+    device: str | torch.device = "cpu",
+    extra_state: Callable[[], dict] | None = None,
+) -> FitResult:
+    """Train `model` for cfg.max_steps, resuming from `ckpt_dir` when it holds a checkpoint.
+
+    `model` is what gets checkpointed (unwrap DDP before passing it); `compute_loss` may use
+    a DDP wrapper of it. Param groups keep their own base LR in group["base_lr"].
+    """
+    for g in optimiser.param_groups:
+        g.setdefault("base_lr", g["lr"])
+    step, history, skipped = 0, [], 0
+    if ckpt_dir is not None:
+        state = load_checkpoint(ckpt_dir, model, optimiser)
+        if state is not None:
+            step, history, skipped = (
+                state["step"],
+                state.get("history", []),
+                state.get("skipped", 0),
+            )
+            log(f"resumed from {ckpt_dir} at step {step}")
+    t0 = time.time()
+    stats_sum: dict[str, float] = {}
+    n_sum = 0
+    model.train()
+    it = batches_forever(train_set, tokenizer, cfg, step, rank, world_size)
+    while step < cfg.max_steps:
+        _, batch = next(it)
+        batch = batch.to(device)
+        for g in optimiser.param_groups:
+            g["lr"] = g["base_lr"] * lr_factor(step, cfg)
+        loss, stats = compute_loss(batch, step)
+        if not torch.isfinite(loss):
+            skipped += 1
+            log(f"step {step}: non-finite loss ({float(loss)}), batch skipped ({skipped} so far)")
+            optimiser.zero_grad(set_to_none=True)
+            if skipped > cfg.max_bad_steps:
+                raise NonFiniteLossError(f"{skipped} non-finite losses (limit {cfg.max_bad_steps})")
+            step += 1
+            continue
+        optimiser.zero_grad(set_to_none=True)
+        loss.backward()
+        gnorm = nn.utils.clip_grad_norm_(
+            [p for g in optimiser.param_groups for p in g["params"] if not g.get("no_clip")],
+            cfg.grad_clip,
+        )
+        optimiser.step()
+        step += 1
+        stats = {**stats, "grad_norm": float(gnorm)}
+        for k, v in stats.items():
+            stats_sum[k] = stats_sum.get(k, 0.0) + float(v)
+        n_sum += 1
+        if step % cfg.log_every == 0 or step == cfg.max_steps:
+            mean = {k: v / n_sum for k, v in stats_sum.items()}
+            mean["lr"] = optimiser.param_groups[0]["lr"]
+            el = time.time() - t0
+            log(
+                f"step {step}/{cfg.max_steps} "
+                + " ".join(f"{k}={v:.4g}" for k, v in mean.items())
+                + f" ({el:.0f}s)"
+            )
+            if on_log is not None:
+                on_log(step, mean)
+            stats_sum, n_sum = {}, 0
+        out_of_time = cfg.max_minutes > 0 and time.time() - t0 > cfg.max_minutes * 60
+        done = step >= cfg.max_steps or out_of_time
+        if evaluate is not None and ((cfg.eval_every and step % cfg.eval_every == 0) or done):
+            rec = {"step": step, "wall_s": time.time() - t0, **evaluate(step)}
+            history.append(rec)
+            model.train()
+        if ckpt_dir is not None and rank == 0 and (step % cfg.checkpoint_every == 0 or done):
+            save_checkpoint(
+                ckpt_dir,
+                model,
+                optimiser,
+                {
+                    "step": step,
+                    "history": history,
+                    "skipped": skipped,
+                    **(extra_state() if extra_state else {}),
+                },
+            )
+        if out_of_time:
+            log(f"wall-clock budget of {cfg.max_minutes} min reached at step {step}")
+            break
+    return FitResult(step, time.time() - t0, history, skipped)
