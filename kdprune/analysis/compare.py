@@ -202,5 +202,10 @@ def paper_comparison(
             f"{rel_tol:.0%} of the budget; values are linear in params between the two "
             "front runs around it (an estimate, not a trained model)."
         )
+    if any(r["match"] == "largest below budget" for r in rows):
+        notes.append(
+            "'largest below budget': the method has no run that large; its largest front "
+            "run is shown at its own (smaller) size, so the comparison favours the baseline."
+        )
     table = pd.DataFrame(rows, columns=TABLE_COLUMNS)
     return PaperComparison(table, tuple(float(b) for b in budgets), notes)
