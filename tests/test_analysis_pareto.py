@@ -150,6 +150,7 @@ def test_labels_and_per_method_fronts():
     assert method_label("lrf", "0.5") == "LRF+KD"
     assert method_label("small", 1.0) == "small+KD"
     assert method_label("none", None) == "dense"
+    assert method_label(None, float("nan")) == "trials"  # a frame without params
     df = pd.DataFrame(
         {
             "run_id": list("abcdef"),

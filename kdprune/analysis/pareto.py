@@ -140,7 +140,8 @@ def knee_point(front: pd.DataFrame, objectives: Sequence[str] = DEFAULT_OBJECTIV
 
 def method_label(method: object, kd_weight: object) -> str:
     """Display label of a trial: ``l0``, ``l0+KD``, ``LRF``, ``LRF+KD``, ``small+KD``…"""
-    name = METHOD_NAMES.get(str(method), str(method))
+    missing = method is None or (isinstance(method, float) and np.isnan(method))
+    name = "trials" if missing else METHOD_NAMES.get(str(method), str(method))
     try:
         kd = float(kd_weight) > 0
     except (TypeError, ValueError):
