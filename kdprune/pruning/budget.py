@@ -1,0 +1,237 @@
+"""One budget for l0 and LRF: remaining encoder parameters, expected sparsity, Lagrangian.
+
+`count_params(model, probs)` counts the encoder's parameters as a function of per-unit
+"on" probabilities that `probs(gate)` returns for every gate:
+  - `expected`: P(z > 0)  -> the expected count, differentiable w.r.t. the gates' log α;
+  - `at_eval_mask`: 0/1 of the deterministic eval mask -> exactly what `materialise` keeps;
+  - `sampled`: 0/1 of one training sample (Monte-Carlo checks).
+Gates are independent and every module's count is affine in its own unit count n (and in
+each rank-gate count), so with p_g = P(module gate on), P(n > 0) = 1 − Π(1 − p_i) and f the
+module's structural count,
+    E[count] = p_g · (P(n > 0) · f(0) + f(E[n]) − f(0))
+is exact: a module (LayerNorm and output bias included) counts only while it stays, and
+products of interacting gates (a module gate times unit counts, unit counts times rank
+counts) appear as products of their expectations. Everything not inside a prunable module
+(the subsampling front end, each block's final LayerNorm) is a constant. Gate parameters
+are never counted. Without gates (a plain or factorised model) the count is exact, which is
+how LRF reports its size through the same interface.
+
+Sign convention of the Lagrangian: loss = λ1 (ŝ − t) + λ2 (ŝ − t)², ŝ = 1 − count / teacher.
+λ is trained by gradient *ascent* with AdamW: its param group has a negative LR (−lr_lambda,
+as in DPHuBERT; torch's AdamW accepts it). So λ1 moves in the direction of (ŝ − t): while
+ŝ < t, λ1 becomes more negative and λ2 grows, and the pull on the gates towards t
+(∂loss/∂ŝ = λ1 + 2 λ2 (ŝ − t), negative while ŝ < t) grows until the target is met.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import NamedTuple
+
+import torch
+from torch import nn
+
+from kdprune.models.conformer import ConvModule, FeedForward, SelfAttention
+from kdprune.models.layers import LowRankLinear
+from kdprune.pruning.gates import (
+    PRUNABLE,
+    encoder_of,
+    iter_gates,
+    num_units,
+    rank_gate,
+    unit_gate,
+    whole_gate,
+)
+from kdprune.pruning.hardconcrete import HardConcrete
+
+# gate -> (..., n) P(unit on), or 0/1; leading dims (e.g. many samples) broadcast through.
+Probs = Callable[[HardConcrete], torch.Tensor]
+
+
+def expected(gate: HardConcrete) -> torch.Tensor:
+    return gate.prob_nonzero()
+
+
+def at_eval_mask(gate: HardConcrete) -> torch.Tensor:
+    return (gate.eval_mask() != 0).float()
+
+
+def sampled(gate: HardConcrete) -> torch.Tensor:
+    return (gate.sample().detach() != 0).float()
+
+
+Count = torch.Tensor | float
+
+
+def _norm(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.norm.parameters())
+
+
+def linear_params(lin: nn.Module, n_in: Count, n_out: Count, probs: Probs) -> Count:
+    """Parameters of a (possibly factorised, rank-gated) linear with n_in inputs kept and
+    n_out outputs kept."""
+    if isinstance(lin, LowRankLinear):
+        g = rank_gate(lin)
+        r = probs(g).sum(-1) if g is not None else lin.rank
+        return r * n_in + r * n_out + (n_out if lin.up.bias is not None else 0)
+    if isinstance(lin, nn.Linear):
+        return n_in * n_out + (n_out if lin.bias is not None else 0)
+    raise TypeError(f"cannot count {type(lin).__name__}")
+
+
+def structure_params(module: nn.Module, n: Count, probs: Probs) -> Count:
+    """Parameters of a prunable module with n units kept (heads, hidden units, channels)."""
+    d = module.norm.normalized_shape[0]
+    if isinstance(module, FeedForward):
+        return (
+            _norm(module)
+            + linear_params(module.w1, d, n, probs)
+            + linear_params(module.w2, n, d, probs)
+        )
+    if isinstance(module, SelfAttention):
+        w = n * module.head_dim
+        c = sum(linear_params(getattr(module, x), d, w, probs) for x in "qkv")
+        rel = n * module.rel_bias.shape[1] if module.rel_bias is not None else 0
+        return _norm(module) + c + linear_params(module.out, w, d, probs) + rel
+    if isinstance(module, ConvModule):
+        dw = module.depthwise
+        per_channel = dw.weight[0].numel() + (1 if dw.bias is not None else 0)
+        per_channel += 2 if module.bn.affine else 0
+        return (
+            _norm(module)
+            + linear_params(module.pw1, d, 2 * n, probs)
+            + n * per_channel
+            + linear_params(module.pw2, n, d, probs)
+        )
+    raise TypeError(type(module).__name__)
+
+
+def module_params(module: nn.Module, probs: Probs) -> Count:
+    """Count of one prunable module under its gates (see the module docstring)."""
+    ug, wg = unit_gate(module), whole_gate(module)
+    p_module = probs(wg).sum(-1) if wg is not None else 1.0
+    if ug is None:
+        return p_module * structure_params(module, num_units(module), probs)
+    p = probs(ug)
+    any_on = 1 - torch.prod(1 - p, dim=-1)
+    f0 = structure_params(module, 0, probs)
+    return p_module * (any_on * f0 + structure_params(module, p.sum(-1), probs) - f0)
+
+
+def count_params(model: nn.Module, probs: Probs = expected) -> torch.Tensor:
+    """Encoder parameters that remain under `probs`: a scalar tensor, or one count per
+    leading index when `probs` returns a batch of states (see the module docstring)."""
+    enc = encoder_of(model)
+    gated = {id(g.log_alpha) for g in iter_gates(enc)}
+    mods = [m for m in enc.modules() if isinstance(m, PRUNABLE)]
+    inside = {id(p) for m in mods for p in m.parameters()}
+    const = sum(p.numel() for p in enc.parameters() if id(p) not in gated | inside)
+    dev = next(enc.parameters()).device
+    # Ask each gate once, so a sampled state is one consistent sample.
+    cache = {id(g): probs(g) for g in iter_gates(enc)}
+    total = torch.tensor(float(const), device=dev)
+    for m in mods:
+        total = total + module_params(m, lambda g: cache[id(g)])
+    return total
+
+
+def expected_params(model: nn.Module) -> torch.Tensor:
+    """Differentiable expected number of encoder parameters that remain."""
+    return count_params(model, expected)
+
+
+def eval_params(model: nn.Module) -> int:
+    """Encoder parameters that `materialise` keeps (the deterministic eval masks)."""
+    with torch.no_grad():
+        return round(float(count_params(model, at_eval_mask)))
+
+
+def expected_sparsity(model: nn.Module, teacher_params: int) -> torch.Tensor:
+    """ŝ = 1 − expected encoder params ÷ the teacher's encoder params."""
+    return 1 - expected_params(model) / teacher_params
+
+
+class LagrangianOut(NamedTuple):
+    loss: torch.Tensor  # λ1 (ŝ − t) + λ2 (ŝ − t)²
+    expected_sparsity: torch.Tensor  # ŝ
+    target: float  # t at this step
+    expected_params: torch.Tensor
+
+    def stats(self, lagrangian: Lagrangian) -> dict[str, float]:
+        return {
+            "train/loss_l0": float(self.loss.detach()),
+            "prune/expected_sparsity": float(self.expected_sparsity.detach()),
+            "prune/target_sparsity": self.target,
+            "prune/expected_params": float(self.expected_params.detach()),
+            "prune/lambda1": float(lagrangian.lambda1.detach()),
+            "prune/lambda2": float(lagrangian.lambda2.detach()),
+        }
+
+
+class Lagrangian(nn.Module):
+    """The budget constraint as a penalty with learned multipliers λ1, λ2 (start at 0).
+
+    `teacher_params` is the teacher's `encoder.num_params()`; the target rises linearly
+    from 0 to `target` over `warmup_steps` (DESIGN §4).
+    """
+
+    def __init__(self, teacher_params: int, target: float, warmup_steps: int = 0) -> None:
+        super().__init__()
+        if not 0.0 <= target < 1.0:
+            raise ValueError(f"target sparsity must be in [0, 1), got {target}")
+        self.teacher_params, self.target, self.warmup_steps = teacher_params, target, warmup_steps
+        self.lambda1 = nn.Parameter(torch.zeros(()))
+        self.lambda2 = nn.Parameter(torch.zeros(()))
+
+    def target_at(self, step: int) -> float:
+        if self.warmup_steps <= 0:
+            return self.target
+        return self.target * min(1.0, step / self.warmup_steps)
+
+    def forward(self, expected: torch.Tensor, step: int) -> LagrangianOut:
+        s_hat = 1 - expected / self.teacher_params
+        t = self.target_at(step)
+        gap = s_hat - t
+        loss = self.lambda1 * gap + self.lambda2 * gap * gap
+        return LagrangianOut(loss, s_hat, t, expected)
+
+
+def lagrangian_step(model: nn.Module, lagrangian: Lagrangian, step: int) -> LagrangianOut:
+    """The budget term of one training step: Lagrangian at the model's expected count."""
+    return lagrangian(expected_params(model), step)
+
+
+def param_groups(
+    model: nn.Module,
+    lagrangian: Lagrangian | None = None,
+    lr_weights: float = 2e-4,
+    lr_gates: float = 0.02,
+    lr_lambda: float = 0.02,
+    weight_decay: float = 0.0,
+) -> list[dict]:
+    """AdamW groups: weights; gates (log α); Lagrange multipliers with LR −|lr_lambda|.
+
+    Gates and λ are found by type in `model` (plus `lagrangian` if it lives outside).
+    They get no weight decay and are marked `no_clip` so a large λ cannot shrink the
+    weights' clipped update (`kdprune.train.loop.fit` clips only the other groups).
+    Empty groups are left out; each group has a "name".
+    """
+    gates = [g.log_alpha for g in iter_gates(model)]
+    lag = [m for m in model.modules() if isinstance(m, Lagrangian)]
+    if lagrangian is not None and all(m is not lagrangian for m in lag):
+        lag.append(lagrangian)
+    lambdas = [p for m in lag for p in m.parameters()]
+    special = {id(p) for p in gates + lambdas}
+    weights = [p for p in model.parameters() if p.requires_grad and id(p) not in special]
+    groups = [
+        {"name": "weights", "params": weights, "lr": lr_weights, "weight_decay": weight_decay},
+        {"name": "gates", "params": gates, "lr": lr_gates, "weight_decay": 0.0, "no_clip": True},
+        {
+            "name": "lambda",
+            "params": lambdas,
+            "lr": -abs(lr_lambda),  # negative: gradient ascent on λ
+            "weight_decay": 0.0,
+            "no_clip": True,
+        },
+    ]
+    return [g for g in groups if g["params"]]

@@ -1,0 +1,161 @@
+"""Attach HardConcrete gates to a conformer encoder, found by module type (never by name).
+
+Each gate lives in the slot of the module it prunes (STYLE §2):
+  SelfAttention.unit_gate  — one unit per head (q/k/v rows, out-proj columns, rel_bias row);
+  FeedForward.unit_gate    — one unit per hidden unit (w1 rows, w2 columns);
+  ConvModule.unit_gate     — one unit per channel (GLU value+gate rows of pw1, depthwise,
+                             batch-norm, pw2 columns);
+  *.module_gate            — a `ModuleGate`: an optional whole-module HardConcrete, times
+                             "at least one unit is on" (a module whose units are all off is
+                             removed at materialisation, so its output biases must vanish too);
+  LowRankLinear.rank_gate  — one unit per rank component (LRF that learns its rank).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from kdprune.models.conformer import ConformerEncoder, ConvModule, FeedForward, SelfAttention
+from kdprune.models.layers import LowRankLinear
+from kdprune.pruning.hardconcrete import HardConcrete
+
+PRUNABLE = (SelfAttention, FeedForward, ConvModule)
+
+
+@dataclass(frozen=True)
+class PruneConfig:
+    """What an l0 run gates and how its budget is scheduled (DESIGN §4 defaults)."""
+
+    target_sparsity: float = 0.5  # fraction of the teacher's encoder params to remove
+    target_warmup_steps: int = 1000  # target rises linearly from 0 to target over these steps
+    heads: bool = True  # gate attention heads
+    ffn: bool = True  # gate hidden units of both macaron FFNs
+    conv: bool = True  # gate conv-module channels
+    modules: bool = False  # also gate whole attention / FFN / conv modules
+    ranks: bool = False  # gate rank components of factorised (LRF) linears
+    init_keep: float = 0.95  # initial P(gate > 0) of every unit
+    lr_gates: float = 0.02  # AdamW LR of the gates' log α
+    lr_lambda: float = 0.02  # magnitude of the Lagrange multipliers' (ascent) LR
+    round_heads: int = 1  # at materialisation, round kept heads up to a multiple of this
+    round_units: int = 1  # ... and kept FFN units / conv channels to a multiple of this
+
+
+class ModuleGate(nn.Module):
+    """Module-slot gate: (1,) mask = whole-module gate (if any) × 1{a unit is on}.
+
+    The unit gate is called earlier in the same forward, so its `last_mask` is the sample
+    (or eval mask) that this forward uses. It is referenced, not registered, so it stays a
+    child of the pruned module only.
+    """
+
+    def __init__(self, gate: HardConcrete | None, units: HardConcrete | None) -> None:
+        super().__init__()
+        self.gate = gate
+        object.__setattr__(self, "units", units)
+        self.register_buffer("one", torch.ones(1), persistent=False)
+
+    def forward(self) -> torch.Tensor:
+        mask = self.gate() if self.gate is not None else self.one
+        units = self.units
+        if units is not None and units.last_mask is not None:
+            mask = mask * (units.last_mask != 0).any().to(mask.dtype)
+        return mask
+
+
+def encoder_of(model: nn.Module) -> ConformerEncoder:
+    """The conformer encoder of a Transducer / SSL wrapper, or the encoder itself."""
+    if isinstance(model, ConformerEncoder):
+        return model
+    enc = getattr(model, "encoder", None)
+    if isinstance(enc, ConformerEncoder):
+        return enc
+    raise TypeError(f"{type(model).__name__} has no ConformerEncoder to prune")
+
+
+def num_units(module: nn.Module) -> int:
+    """Units a prunable module's unit gate covers."""
+    if isinstance(module, SelfAttention):
+        return module.num_heads
+    if isinstance(module, FeedForward):
+        return module.w1.out_features
+    if isinstance(module, ConvModule):
+        return module.channels
+    raise TypeError(type(module).__name__)
+
+
+def _wants_units(module: nn.Module, cfg: PruneConfig) -> bool:
+    return (
+        (isinstance(module, SelfAttention) and cfg.heads)
+        or (isinstance(module, FeedForward) and cfg.ffn)
+        or (isinstance(module, ConvModule) and cfg.conv)
+    )
+
+
+def attach_gates(model: nn.Module, cfg: PruneConfig = PruneConfig()) -> list[HardConcrete]:
+    """Fill the gate slots of `model`'s encoder as `cfg` asks; returns the new gates.
+
+    Every unit starts on with probability cfg.init_keep; gates go to the encoder's device.
+    Attach after `factorise` (rank gates need the LowRankLinear layers to exist).
+    """
+    enc = encoder_of(model)
+    if any(True for _ in iter_gates(enc)):
+        raise ValueError("the encoder already has gates attached")
+    device = next(enc.parameters()).device
+    new: list[HardConcrete] = []
+    for m in enc.modules():
+        if isinstance(m, PRUNABLE):
+            units = HardConcrete(num_units(m), cfg.init_keep) if _wants_units(m, cfg) else None
+            whole = HardConcrete(1, cfg.init_keep) if cfg.modules else None
+            m.unit_gate = units
+            if units is not None or whole is not None:
+                m.module_gate = ModuleGate(whole, units)
+            new += [g for g in (units, whole) if g is not None]
+        elif isinstance(m, LowRankLinear) and cfg.ranks:
+            m.rank_gate = HardConcrete(m.rank, cfg.init_keep, min_keep=1)
+            new.append(m.rank_gate)
+    for g in new:
+        g.to(device)
+    for m in enc.modules():
+        if isinstance(m, ModuleGate):
+            m.to(device)
+    return new
+
+
+def remove_gates(model: nn.Module) -> None:
+    """Empty every gate slot (the model becomes a plain model of unchanged size)."""
+    for m in encoder_of(model).modules():
+        if isinstance(m, PRUNABLE):
+            m.unit_gate = None
+            m.module_gate = None
+        elif isinstance(m, LowRankLinear):
+            m.rank_gate = None
+
+
+def iter_gates(model: nn.Module) -> Iterator[HardConcrete]:
+    """Every HardConcrete gate in `model` (each once)."""
+    for m in model.modules():
+        if isinstance(m, HardConcrete):
+            yield m
+
+
+def gate_parameters(model: nn.Module) -> list[nn.Parameter]:
+    return [g.log_alpha for g in iter_gates(model)]
+
+
+def unit_gate(module: nn.Module) -> HardConcrete | None:
+    g = getattr(module, "unit_gate", None)
+    return g if isinstance(g, HardConcrete) else None
+
+
+def whole_gate(module: nn.Module) -> HardConcrete | None:
+    g = getattr(module, "module_gate", None)
+    return g.gate if isinstance(g, ModuleGate) else None
+
+
+def rank_gate(linear: nn.Module) -> HardConcrete | None:
+    g = getattr(linear, "rank_gate", None)
+    return g if isinstance(g, HardConcrete) else None
