@@ -50,7 +50,6 @@ def train_tokenizer(
         hard_vocab_limit=False,
         num_threads=1,
         minloglevel=2,
-        random_seed=0,
     )
     tmp = out_file.with_suffix(".tmp")
     tmp.write_bytes(buf.getvalue())

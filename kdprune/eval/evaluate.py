@@ -104,7 +104,15 @@ def evaluate(
     model.to(device).eval()
     fs = fs if fs is not None else features_for_manifest(manifest, model)
     log(f"decoding {len(fs.utts)} utterances of {manifest} (beam {beam}, {device})")
-    hyps = transcribe(model, fs, tok, device, beam)
+    stream_timing: dict[str, float] = {}
+    if streaming:
+        if beam > 1:
+            raise ValueError("streaming evaluation decodes greedily; drop --beam")
+        from kdprune.eval.streaming_eval import stream_transcribe
+
+        hyps, stream_timing = stream_transcribe(model, fs, tok, device)
+    else:
+        hyps = transcribe(model, fs, tok, device, beam)
     refs = [u.text for u in fs.utts]
     wer, errors, words = corpus_wer(refs, hyps)
     if output is not None:
@@ -123,6 +131,7 @@ def evaluate(
         "params": model.num_params(),
         "encoder_params": model.encoder_params(),
         **lat,
+        **stream_timing,
         "device": str(device),
         "beam": beam,
         "streaming": streaming,

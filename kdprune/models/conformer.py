@@ -138,6 +138,24 @@ class Subsampling(nn.Module):
         return h, self.output_lengths(lengths)
 
 
+def masked_batch_norm(bn: nn.BatchNorm1d, h: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """BatchNorm over (B, C, T) whose training statistics count valid frames only, so
+    padding changes neither the output nor the running statistics (eval: plain BN)."""
+    if not bn.training:
+        return bn(h)
+    m = valid[:, None, :].to(h.dtype)
+    n = m.sum().clamp(min=2)
+    mean = (h * m).sum((0, 2)) / n
+    var = (((h - mean[None, :, None]) ** 2) * m).sum((0, 2)) / n
+    with torch.no_grad():
+        mom = bn.momentum if bn.momentum is not None else 0.1
+        bn.running_mean.mul_(1 - mom).add_(mom * mean)
+        bn.running_var.mul_(1 - mom).add_(mom * var * n / (n - 1))
+        bn.num_batches_tracked.add_(1)
+    out = (h - mean[None, :, None]) / torch.sqrt(var[None, :, None] + bn.eps)
+    return out * bn.weight[None, :, None] + bn.bias[None, :, None]
+
+
 def _gate(h: torch.Tensor, gate: nn.Module | None, dim: int) -> torch.Tensor:
     """Multiply units along `dim` by the gate's mask (no-op for a plain model)."""
     if gate is None:
@@ -257,9 +275,9 @@ class ConvModule(nn.Module):
         h = F.glu(self.pw1(self.norm(x)), dim=-1)
         return h.masked_fill(~valid[..., None], 0.0).transpose(1, 2)
 
-    def post(self, h: torch.Tensor) -> torch.Tensor:
+    def post(self, h: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
         """Depthwise output (B, C, T) -> module output (B, T, D)."""
-        h = F.silu(self.bn(h))
+        h = F.silu(masked_batch_norm(self.bn, h, valid))
         h = _gate(h, self.unit_gate, 1)
         return _gate(self.dropout(self.pw2(h.transpose(1, 2))), self.module_gate, -1)
 
@@ -267,7 +285,7 @@ class ConvModule(nn.Module):
         h = self.glu(x, valid)
         right = self.kernel_size - 1 - self.left_context
         h = F.pad(h, (self.left_context, right))
-        return self.post(self.depthwise(h))
+        return self.post(self.depthwise(h), valid)
 
 
 class ConformerLayer(nn.Module):

@@ -96,7 +96,6 @@ def fit(
     rank: int = 0,
     world_size: int = 1,
     device: str | torch.device = "cpu",
-    extra_state: Callable[[], dict] | None = None,
 ) -> FitResult:
     """Train `model` for cfg.max_steps, resuming from `ckpt_dir` when it holds a checkpoint.
 
@@ -106,6 +105,7 @@ def fit(
     for g in optimiser.param_groups:
         g.setdefault("base_lr", g["lr"])
     step, history, skipped = 0, [], 0
+    state = None
     if ckpt_dir is not None:
         state = load_checkpoint(ckpt_dir, model, optimiser)
         if state is not None:
@@ -115,7 +115,7 @@ def fit(
                 state.get("skipped", 0),
             )
             log(f"resumed from {ckpt_dir} at step {step}")
-    t0 = time.time()
+    t0 = time.time() - (state.get("wall_s", 0.0) if state is not None else 0.0)
     stats_sum: dict[str, float] = {}
     n_sum = 0
     model.train()
@@ -160,22 +160,38 @@ def fit(
             stats_sum, n_sum = {}, 0
         out_of_time = cfg.max_minutes > 0 and time.time() - t0 > cfg.max_minutes * 60
         done = step >= cfg.max_steps or out_of_time
-        if evaluate is not None and ((cfg.eval_every and step % cfg.eval_every == 0) or done):
-            rec = {"step": step, "wall_s": time.time() - t0, **evaluate(step)}
-            history.append(rec)
-            model.train()
-        if ckpt_dir is not None and rank == 0 and (step % cfg.checkpoint_every == 0 or done):
+        eval_due = evaluate is not None and (
+            (cfg.eval_every and step % cfg.eval_every == 0) or done
+        )
+        save_due = (
+            ckpt_dir is not None
+            and rank == 0
+            and (step % cfg.checkpoint_every == 0 or done or eval_due)
+        )
+        # Checkpoint before evaluating, so what an evaluation reports can be resumed from;
+        # again after it, so the curve in the checkpoint includes that evaluation.
+        if save_due:
             save_checkpoint(
                 ckpt_dir,
                 model,
                 optimiser,
-                {
-                    "step": step,
-                    "history": history,
-                    "skipped": skipped,
-                    **(extra_state() if extra_state else {}),
-                },
+                {"step": step, "history": history, "skipped": skipped, "wall_s": time.time() - t0},
             )
+        if eval_due:
+            history.append({"step": step, "wall_s": time.time() - t0, **evaluate(step)})
+            model.train()
+            if save_due:
+                save_checkpoint(
+                    ckpt_dir,
+                    model,
+                    optimiser,
+                    {
+                        "step": step,
+                        "history": history,
+                        "skipped": skipped,
+                        "wall_s": time.time() - t0,
+                    },
+                )
         if out_of_time:
             log(f"wall-clock budget of {cfg.max_minutes} min reached at step {step}")
             break
