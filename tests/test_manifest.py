@@ -39,7 +39,7 @@ def test_normalise_text():
         "turn on the living room lights please"
     )
     assert normalise_text("  It’s 7  o'clock — “now”/later. ") == "it's 7 o'clock now later"
-    assert normalise_text("Café ' déjà-vu '") == "cafe deja vu"
+    assert normalise_text("Café 'déjà-vu' dogs'") == "cafe deja vu dogs"
     assert normalise_text("?!...") == ""
 
 

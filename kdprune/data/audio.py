@@ -7,7 +7,7 @@ are resampled with torchaudio, so manifests may point at any audio soundfile can
 from __future__ import annotations
 
 import os
-import tempfile
+import secrets
 from pathlib import Path
 
 import numpy as np
@@ -76,8 +76,8 @@ def write_wav(path: str | Path, samples: np.ndarray, sr: int = SAMPLE_RATE) -> N
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     samples = np.clip(np.asarray(samples, dtype=np.float32), -1.0, 1.0)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".tmp.wav")
-    os.close(fd)
+    # A fresh unique name rather than mkstemp, so the file gets the usual umask permissions.
+    tmp = path.parent / f".{path.stem}.{os.getpid()}-{secrets.token_hex(4)}.tmp.wav"
     try:
         sf.write(tmp, samples, sr, subtype="PCM_16", format="WAV")
         os.replace(tmp, path)

@@ -336,28 +336,31 @@ def compose_splits(
 ) -> dict[str, list[str]]:
     """Sentences per split, e.g. counts {"train": 6000, "dev": 300, "test": 300}.
 
-    "train" is drawn first (distinct sentences; a fixed pool smaller than the count is
-    cycled through again). Every other split gets distinct sentences that are not in train
-    nor in another split and whose words all occur in train. Raises ValueError when the
-    source cannot supply that many sentences.
+    Train sentences are distinct (a fixed pool smaller than the count is cycled through
+    again, each rendition by another voice). Every other split gets distinct sentences that
+    are not in train nor in another split and whose words all occur in train. Raises
+    ValueError when the source cannot supply that many sentences.
     """
     rng = random.Random(f"kdprune-sentences-{source.name}-{seed}")
     fits = lambda s: min_words <= len(s.split()) <= max_words  # noqa: E731
-    held_out = sum(n for split, n in counts.items() if split != "train")
+    n_train = counts.get("train", 0)
     if source.pool is not None:
         pool = [s for s in source.pool if fits(s)]
         rng.shuffle(pool)
-        # Keep a reserve for held-out splits: sentences with a rare word will be rejected.
+        # Held-out sentences come from a reserve at the head of the shuffled pool (some are
+        # rejected for a word unseen in train); train gets every sentence not held out.
+        held_out = sum(n for split, n in counts.items() if split != "train")
         reserve = min(len(pool) // 2, 4 * held_out)
-        train_pool, candidates = pool[reserve:], iter(pool[:reserve] + pool[reserve:])
-        n = counts.get("train", 0)
-        train = [train_pool[i % len(train_pool)] for i in range(n)] if train_pool else []
+        candidates = iter(pool[:reserve])
+        # Train is pool[reserve:] (cycled), then the reserve sentences left unused.
+        train_words = {w for s in pool[reserve : reserve + n_train] for w in s.split()}
+        used: set[str] = set()
     else:
         candidates = iter(lambda: source.sample(rng), None)
-        train = _distinct(candidates, counts.get("train", 0), fits, set(), "train")
-    used = set(train)
-    train_words = {w for s in train for w in s.split()}
-    out = {"train": train} if "train" in counts else {}
+        train = _distinct(candidates, n_train, fits, set(), "train")
+        train_words = {w for s in train for w in s.split()}
+        used = set(train)
+    out = {}
     for split, n in counts.items():
         if split == "train":
             continue
@@ -367,6 +370,11 @@ def compose_splits(
 
         out[split] = _distinct(candidates, n, ok, used, split)
         used.update(out[split])
+    if source.pool is not None:
+        train_pool = pool[reserve:] + [s for s in pool[:reserve] if s not in used]
+        train = [train_pool[i % len(train_pool)] for i in range(n_train)] if train_pool else []
+    if "train" in counts:
+        out = {"train": train, **out}
     return out
 
 

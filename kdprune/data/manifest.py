@@ -27,8 +27,8 @@ _APOSTROPHES = str.maketrans({"\u2019": "'", "\u2018": "'", "\u02bc": "'", "`": 
 
 
 def normalise_text(s: str) -> str:
-    """Lower case; keep letters, digits and apostrophes; everything else (punctuation,
-    hyphens, dashes, slashes, quotes) becomes a word break; single spaces, no ends.
+    """Lower case; keep letters, digits and apostrophes inside words; everything else
+    (punctuation, hyphens, dashes, slashes, quotes) becomes a word break; single spaces.
 
     >>> normalise_text("Turn ON the living-room lights, please!")
     'turn on the living room lights please'
@@ -37,8 +37,8 @@ def normalise_text(s: str) -> str:
     # Drop combining accents (café -> cafe); map any other non-word character to a space.
     s = "".join(c for c in s if not unicodedata.combining(c))
     s = "".join(c if (c.isalnum() or c == "'") else " " for c in s)
-    # Tokens made only of apostrophes (quote marks) are not words.
-    return " ".join(t for t in s.split() if t.strip("'"))
+    # Apostrophes at word ends are quote marks ('pick', dogs' sounds like dogs).
+    return " ".join(t.strip("'") for t in s.split() if t.strip("'"))
 
 
 @dataclass(frozen=True)
