@@ -111,6 +111,31 @@ def cmd_evaluate(args) -> dict:
     return {"model_dir": Path(args.model).resolve(), **res}
 
 
+def cmd_compress(args) -> dict:
+    from kdprune.compress import CompressConfig, compress
+
+    cfg = CompressConfig(
+        preset=args.preset,
+        method=args.method,
+        kd_weight=args.kd_weight,
+        target_sparsity=args.target_sparsity,
+        rank_ratio=args.rank_ratio,
+        schedule=args.schedule,
+        streaming=args.streaming,
+        chunk_size=args.chunk_size,
+        left_chunks=args.left_chunks,
+        seed=args.seed,
+        steps=args.steps,
+    )
+    return compress(cfg, args.workdir, out_dir=args.out, teacher_dir=args.teacher)
+
+
+def cmd_export(args) -> dict:
+    from kdprune.export import export_model
+
+    return export_model(args.model, args.format, args.out)
+
+
 def cmd_report(args) -> dict:
     from kdprune.analysis.report import write_report
 
@@ -154,6 +179,46 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-minutes", type=float, default=None, help="wall-clock budget")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_finetune)
+
+    p = sub.add_parser(
+        "compress", help="one compression run: l0 / LRF / small / none, KD, joint or sequential"
+    )
+    _add_common(p, manifests=False)
+    p.add_argument("--method", default="l0", help="l0 | lrf | small | none")
+    p.add_argument("--kd-weight", type=float, default=1.0, help="weight of the KD loss (0: off)")
+    p.add_argument(
+        "--target-sparsity",
+        type=float,
+        default=0.5,
+        help="fraction of encoder params to remove (l0, small)",
+    )
+    p.add_argument(
+        "--rank-ratio",
+        type=float,
+        default=0.5,
+        help="rank / min(out, in) of factorised projections (lrf)",
+    )
+    p.add_argument("--schedule", default="joint", help="joint | sequential")
+    p.add_argument(
+        "--streaming", action="store_true", help="chunked attention + causal conv student"
+    )
+    p.add_argument("--chunk-size", type=int, default=8, help="frames after subsampling per chunk")
+    p.add_argument("--left-chunks", type=int, default=4, help="chunks of left context")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--steps", type=int, default=0, help="compression steps (0: the preset's default)"
+    )
+    p.add_argument(
+        "--teacher", type=Path, default=None, help="teacher model directory (default: the preset's)"
+    )
+    p.add_argument("--out", type=Path, default=None, help="output directory")
+    p.set_defaults(func=cmd_compress)
+
+    p = sub.add_parser("export", help="export a model directory to TorchScript or ONNX")
+    p.add_argument("--model", type=Path, required=True)
+    p.add_argument("--format", choices=("torchscript", "onnx"), default="torchscript")
+    p.add_argument("--out", type=Path, required=True)
+    p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("evaluate", help="WER, params and latency of a model directory")
     p.add_argument("--model", type=Path, required=True)
