@@ -1,0 +1,127 @@
+"""Command line shared by the scripts in ``sweeps/``: each script names its sweep, its
+search space and its smoke test, and calls `main`; everything else is common.
+
+Progress goes to stderr; the last stdout line is the sweep's JSON result (DESIGN §3).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import replace
+from typing import Any
+
+from kdprune.orchestration.config import SAMPLERS, SpaceConfig, SweepConfig, parse_objectives
+from kdprune.utils import emit_result, log
+
+
+def build_parser(doc: str | None) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        description=doc.split("\n\n")[0] if doc else None,
+        epilog=doc,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--smoke-test", action="store_true", help="4 short trials on the tiny preset")
+    p.add_argument("--preset", choices=("tiny", "demo", "paper"), help="default: demo")
+    p.add_argument("--trials", type=int, help="trial budget (default: 16; smoke test: 4)")
+    p.add_argument("--objectives", help="comma-separated, all minimised (default wer_dev,params; "
+                   "also latency_ms_per_audio_s alias latency)")  # fmt: skip
+    p.add_argument("--sampler", choices=SAMPLERS, help="default: nsga2")
+    p.add_argument("--seed", type=int)
+    p.add_argument(
+        "--storage",
+        help="Ray results/checkpoints: path or s3://... (default <workdir>/ray_results)",
+    )
+    p.add_argument(
+        "--workdir", help="caches, outputs, sweep state (default $KDPRUNE_WORKDIR or ./work)"
+    )
+    p.add_argument("--resume", nargs="?", const="latest", default=None, metavar="RUN",
+                   help="continue the latest run of this sweep (or RUN) after its driver died")  # fmt: skip
+    p.add_argument("--name", help="sweep name = MLflow experiment (default: the script's)")
+    p.add_argument("--teacher", help="teacher model directory (default: the preset's, cached)")
+    p.add_argument("--steps", type=int, help="compression steps per trial (default: the preset's)")
+    p.add_argument("--num-workers", type=int, help="DDP workers per trial (default 1)")
+    p.add_argument("--gpu", action="store_true", help="one GPU per worker")
+    p.add_argument("--cpus-per-worker", type=float)
+    p.add_argument("--max-concurrent", type=int, help="default: cluster GPUs (CPUs) / per trial")
+    p.add_argument("--no-early-stopping", action="store_true")
+    p.add_argument("--eta", type=float, help="early-stopping aggressiveness (default 2)")
+    p.add_argument("--params-budget", type=float, help="constraint: params <= this")
+    p.add_argument("--num-cpus", type=int, help="logical CPUs of an embedded Ray (default: cores)")
+    return p
+
+
+def config_from_args(
+    args: argparse.Namespace, base: SweepConfig, smoke: dict[str, Any]
+) -> SweepConfig:
+    """``base`` (the script's sweep) + ``smoke`` overrides when --smoke-test + the flags."""
+    cfg = replace(base, **smoke) if args.smoke_test else base
+    flags = {
+        "preset": args.preset,
+        "trials": args.trials,
+        "sampler": args.sampler,
+        "seed": args.seed,
+        "storage": args.storage,
+        "workdir": args.workdir,
+        "name": args.name,
+        "teacher_dir": args.teacher,
+        "steps": args.steps,
+        "num_workers": args.num_workers,
+        "cpus_per_worker": args.cpus_per_worker,
+        "max_concurrent": args.max_concurrent,
+        "eta": args.eta,
+        "params_budget": args.params_budget,
+    }
+    cfg = replace(cfg, **{k: v for k, v in flags.items() if v is not None})
+    if args.objectives:
+        cfg = replace(cfg, objectives=parse_objectives(args.objectives), reference_point=())
+    if args.gpu:
+        cfg = replace(cfg, use_gpu=True)
+    if args.no_early_stopping:
+        cfg = replace(cfg, early_stopping=False)
+    return cfg
+
+
+SMOKE: dict[str, Any] = {
+    "preset": "tiny",
+    "trials": 4,
+    "initial_points": (
+        {"method": "l0", "target_sparsity": 0.5, "kd_weight": 1.0},
+        {"method": "lrf", "rank_ratio": 0.5, "kd_weight": 1.0},
+    ),
+}
+
+
+def main(
+    doc: str | None,
+    name: str,
+    space: SpaceConfig,
+    argv: list[str] | None = None,
+    smoke: dict[str, Any] | None = None,
+) -> int:
+    """Parse flags, run (or resume) the sweep, print the front on stderr and the JSON."""
+    from kdprune.orchestration.tracking import TrackingUnavailable
+    from kdprune.orchestration.tuner import run_sweep
+
+    args = build_parser(doc).parse_args(argv)
+    base = SweepConfig(name=name, space=space)
+    cfg = config_from_args(args, base, {**SMOKE, **(smoke or {})})
+    try:
+        result = run_sweep(cfg, resume=args.resume or False, num_cpus=args.num_cpus)
+    except (ValueError, FileNotFoundError, TrackingUnavailable) as exc:
+        log(f"error: {exc}")
+        return 2
+    log(f"Pareto front ({', '.join(result['objectives'])}), {len(result['pareto'])} trial(s):")
+    for row in result["pareto"]:
+        knobs = " ".join(
+            f"{k}={row[k]:.3g}" for k in ("target_sparsity", "rank_ratio") if row.get(k) is not None
+        )
+        objs = " ".join(f"{o}={row.get(o)}" for o in result["objectives"])
+        log(f"  {row.get('method')} {knobs} kd={row.get('kd_weight')}: {objs}")
+    log(f"open it: mlflow ui --backend-store-uri {result['tracking_uri']} --host 127.0.0.1")
+    emit_result(result)
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main(None, "sweep", SpaceConfig()))

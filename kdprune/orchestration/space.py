@@ -1,0 +1,93 @@
+"""The define-by-run search space handed to Optuna through `OptunaSearch(space=...)`.
+
+The method decides which knob exists: l0 (and `small`) search ``target_sparsity``, lrf
+searches ``rank_ratio``, none searches neither; ``kd_weight`` (0 included) applies to all;
+schedule and streaming are searched only when the space lists several values, and the
+streaming chunk size only for streaming trials. Everything fixed for the sweep (preset,
+seed, steps) is returned as constants, so a Tune trial's config is a complete
+`CompressConfig` dict.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from kdprune.orchestration.config import SpaceConfig
+
+# CompressConfig fields that apply to one method only (None in MLflow for the others).
+METHOD_PARAMS = {"l0": ("target_sparsity",), "small": ("target_sparsity",), "lrf": ("rank_ratio",)}
+
+
+@dataclass(frozen=True)
+class SearchSpace:
+    """Picklable define-by-run function: ``space(optuna_trial) -> constants``."""
+
+    space: SpaceConfig
+    preset: str
+    seed: int = 0
+    steps: int = 0
+
+    def __call__(self, trial: Any) -> dict[str, Any]:
+        sp = self.space
+        method = trial.suggest_categorical("method", list(sp.methods))
+        if method in ("l0", "small"):
+            trial.suggest_float("target_sparsity", *sp.target_sparsity)
+        elif method == "lrf":
+            trial.suggest_float("rank_ratio", *sp.rank_ratio)
+        trial.suggest_categorical("kd_weight", list(sp.kd_weights))
+        const: dict[str, Any] = {
+            "preset": self.preset,
+            "seed": self.seed,
+            "steps": self.steps,
+            "left_chunks": sp.left_chunks,
+        }
+        if len(sp.schedules) > 1:
+            trial.suggest_categorical("schedule", list(sp.schedules))
+        else:
+            const["schedule"] = sp.schedules[0]
+        if len(set(sp.streaming)) > 1:
+            streaming = trial.suggest_categorical("streaming", [False, True])
+        else:
+            streaming = bool(sp.streaming[0])
+            const["streaming"] = streaming
+        if streaming and len(sp.chunk_sizes) > 1:
+            trial.suggest_categorical("chunk_size", list(sp.chunk_sizes))
+        else:
+            const["chunk_size"] = sp.chunk_sizes[0]
+        return const
+
+
+def compress_dict(config: dict[str, Any]) -> dict[str, Any]:
+    """A Tune trial config -> the `CompressConfig` fields it sets (other keys dropped)."""
+    from dataclasses import fields
+
+    from kdprune.compress import CompressConfig
+
+    names = {f.name for f in fields(CompressConfig)}
+    out = {k: v for k, v in config.items() if k in names}
+    if "streaming" in out:
+        out["streaming"] = bool(out["streaming"])
+    return out
+
+
+def logged_params(config: dict[str, Any]) -> dict[str, Any]:
+    """The DESIGN §3 MLflow params of a trial: method-specific knobs the method does not
+    use are None (so a front never shows an l0 trial's unused rank ratio)."""
+    method = config.get("method")
+    out = {
+        "method": method,
+        "kd_weight": config.get("kd_weight"),
+        "target_sparsity": config.get("target_sparsity"),
+        "rank_ratio": config.get("rank_ratio"),
+        "schedule": config.get("schedule"),
+        "streaming": bool(config.get("streaming", False)),
+        "seed": config.get("seed"),
+        "preset": config.get("preset"),
+    }
+    for name in ("target_sparsity", "rank_ratio"):
+        if name not in METHOD_PARAMS.get(str(method), ()):
+            out[name] = None
+    if out["streaming"]:
+        out["chunk_size"] = config.get("chunk_size")
+    return out

@@ -1,0 +1,346 @@
+"""MLflow tracking of a sweep (DESIGN §3 "MLflow layout"), all from the sweep driver.
+
+The driver is the only process that talks to MLflow: workers report to Ray Train, Train
+forwards rank 0's reports to Tune, and `MlflowSweepCallback` (a Tune callback in the
+driver) writes them. So a sqlite store on the driver's disk works on any cluster, and
+nothing is logged twice by several ranks.
+
+Layout: experiment = sweep name; one parent run per sweep run (``kdprune.role=sweep``);
+one nested child per Tune trial (``mlflow.parentRunId``, ``kdprune.role=trial``,
+``kdprune.trial_id``), found again by its trial id when the trial is retried or the sweep
+resumed (``kdprune.attempt`` counts the starts); rung metrics namespaced
+(``eval/wer_dev``, ``prune/expected_params``...), final metrics plain (``wer_dev``...).
+The parent's ``pareto.csv``, plots and ``hypervolume`` are rewritten as trials end.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sqlite3
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from ray.tune import Callback
+
+from kdprune.orchestration.space import logged_params
+from kdprune.utils import log
+
+ROLE, TRIAL_ID, ATTEMPT = "kdprune.role", "kdprune.trial_id", "kdprune.attempt"
+STOPPED, SWEEP_RUN, PARENT = "kdprune.stopped_early", "kdprune.sweep_run", "mlflow.parentRunId"
+FAIL_REASON = "kdprune.failure_reason"
+# Rung metrics of a trial, renamed into namespaces; keys with a "/" pass through.
+RUNG_NAMES = {
+    "wer_dev": "eval/wer_dev",
+    "expected_params": "prune/expected_params",
+    "expected_sparsity": "prune/expected_sparsity",
+    "eval_params": "prune/eval_params",
+}
+# Tune / Train bookkeeping in a result, never logged as metrics.
+BOOKKEEPING = {
+    "step",
+    "rung",
+    "final",
+    "stopped_early",
+    "failed",
+    "done",
+    "timestamp",
+    "training_iteration",
+    "time_this_iter_s",
+    "time_total_s",
+    "time_since_restore",
+    "iterations_since_restore",
+    "pid",
+    "checkpoint_dir_name",
+    "should_checkpoint",
+}
+
+
+class TrackingUnavailable(RuntimeError):
+    """The MLflow tracking URI cannot be used; raised before any trial starts."""
+
+
+def resolve_tracking_uri(workdir: str | Path) -> str:
+    """``$MLFLOW_TRACKING_URI`` or ``sqlite:///<workdir>/mlflow.db``, made absolute (Ray
+    changes the working directory of the processes it starts)."""
+    uri = os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path(workdir) / 'mlflow.db'}"
+    if uri.startswith("sqlite:///"):
+        path = uri[len("sqlite:///") :]
+        if path != ":memory:" and not Path(path).is_absolute():
+            uri = f"sqlite:///{Path(path).resolve()}"
+    elif uri.startswith("file:") or "://" not in uri:
+        path = uri[len("file:") :].lstrip("/") if uri.startswith("file:") else uri
+        path = "/" + path if uri.startswith("file:///") else path
+        uri = Path(path).resolve().as_uri()
+    return uri
+
+
+def artifact_location(uri: str) -> str | None:
+    """Artifacts beside a local store (MLflow 3 would default to ./mlartifacts of the cwd)."""
+    if uri.startswith("sqlite:///"):
+        return (Path(uri[len("sqlite:///") :]).parent / "mlartifacts").as_uri()
+    return None
+
+
+def check_tracking_uri(uri: str, timeout_s: float = 5.0) -> None:
+    """Fail fast, with the URI in the message, when the store cannot be reached."""
+    from kdprune.orchestration.config import redact
+
+    try:
+        if uri.startswith("sqlite:///"):
+            db = Path(uri[len("sqlite:///") :])
+            db.parent.mkdir(parents=True, exist_ok=True)
+            with sqlite3.connect(db, timeout=timeout_s) as con:
+                con.execute("select 1")
+        elif uri.startswith(("http://", "https://")):
+            with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout_s) as r:
+                if r.status != 200:
+                    raise OSError(f"HTTP {r.status}")
+        elif uri.startswith("file:"):
+            Path(uri[len("file://") :]).mkdir(parents=True, exist_ok=True)
+    except (OSError, sqlite3.Error, urllib.error.URLError) as exc:
+        raise TrackingUnavailable(
+            f"MLflow tracking URI {redact(uri)} cannot be reached ({exc}); "
+            "start the server or set MLFLOW_TRACKING_URI to a reachable store"
+        ) from exc
+
+
+def _numeric(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return float(value)
+
+
+class SweepTracker:
+    """Parent and child runs of one sweep run; every MLflow call of the sweep goes here."""
+
+    def __init__(self, uri: str, experiment: str, run_name: str) -> None:
+        from mlflow import MlflowClient
+
+        self.uri, self.experiment, self.run_name = uri, experiment, run_name
+        self.client = MlflowClient(tracking_uri=uri)
+        exp = self.client.get_experiment_by_name(experiment)
+        if exp is None:
+            self.experiment_id = self.client.create_experiment(
+                experiment, artifact_location=artifact_location(uri)
+            )
+        else:
+            self.experiment_id = exp.experiment_id
+        self._children: dict[str, str] = {}
+
+    # -- parent ---------------------------------------------------------------------------
+    def parent_run(self, params: dict[str, Any]) -> str:
+        """The sweep run's parent (reused on resume, found by its sweep-run tag)."""
+        runs = self.client.search_runs(
+            [self.experiment_id],
+            f"tags.`{ROLE}` = 'sweep' AND tags.`{SWEEP_RUN}` = '{self.run_name}'",
+            max_results=1,
+        )
+        if runs:
+            run_id = runs[0].info.run_id
+            self.client.update_run(run_id, status="RUNNING")
+            return run_id
+        run = self.client.create_run(
+            self.experiment_id,
+            run_name=self.run_name,
+            tags={ROLE: "sweep", SWEEP_RUN: self.run_name},
+        )
+        from mlflow.entities import Param
+
+        self.client.log_batch(
+            run.info.run_id, params=[Param(k, str(v)[:6000]) for k, v in params.items()]
+        )
+        return run.info.run_id
+
+    # -- children -------------------------------------------------------------------------
+    def child_run(self, parent_id: str, trial_id: str, config: dict[str, Any]) -> tuple[str, int]:
+        """The trial's child run and its attempt number (1 when created now)."""
+        run_id = self._children.get(trial_id) or self._find_child(parent_id, trial_id)
+        if run_id is not None:
+            run = self.client.get_run(run_id)
+            attempt = int(run.data.tags.get(ATTEMPT, "1")) + 1
+            self.client.set_tag(run_id, ATTEMPT, str(attempt))
+            self.client.update_run(run_id, status="RUNNING")
+            self._children[trial_id] = run_id
+            return run_id, attempt
+        params = logged_params(config)
+        run = self.client.create_run(
+            self.experiment_id,
+            run_name=f"{params.get('method')}-{trial_id}",
+            tags={PARENT: parent_id, ROLE: "trial", TRIAL_ID: trial_id, ATTEMPT: "1"},
+        )
+        from mlflow.entities import Param
+
+        self.client.log_batch(run.info.run_id, params=[Param(k, str(v)) for k, v in params.items()])
+        self._children[trial_id] = run.info.run_id
+        return run.info.run_id, 1
+
+    def _find_child(self, parent_id: str, trial_id: str) -> str | None:
+        runs = self.client.search_runs(
+            [self.experiment_id],
+            f"tags.`{TRIAL_ID}` = '{trial_id}' AND tags.`{PARENT}` = '{parent_id}'",
+            max_results=2,
+        )
+        return runs[0].info.run_id if runs else None
+
+    def log_rung(self, run_id: str, result: dict[str, Any]) -> None:
+        from mlflow.entities import Metric
+
+        step = int(_numeric(result.get("step")) or 0)
+        now = int(time.time() * 1000)
+        metrics = []
+        for key, value in result.items():
+            v = _numeric(value)
+            if v is None or key in BOOKKEEPING or not math.isfinite(v):
+                continue
+            name = RUNG_NAMES.get(key, key if "/" in key else None)
+            if name:
+                metrics.append(Metric(name, v, now, step))
+        if metrics:
+            self.client.log_batch(run_id, metrics=metrics)
+
+    def finish_child(self, run_id: str, result: dict[str, Any] | None, error: str = "") -> str:
+        """Close a child from the trial's last result; returns its state."""
+        from mlflow.entities import Metric
+
+        result = result or {}
+        now = int(time.time() * 1000)
+        trial_s = _numeric(result.get("time_total_s"))
+        if trial_s is not None:
+            self.client.log_metric(run_id, "time/trial_s", trial_s, now, 0)
+        if error or result.get("failed") or not result.get("final"):
+            reason = error or str(result.get("failed") or "trial ended without final metrics")
+            self.client.set_tag(run_id, FAIL_REASON, reason[:5000])
+            self.client.set_terminated(run_id, "FAILED")
+            return "failed"
+        if result.get("stopped_early"):
+            self.client.set_tag(run_id, STOPPED, "true")
+            self.client.set_tag(run_id, "kdprune.stopped_at_step", str(result.get("step")))
+            self.client.set_terminated(run_id, "FINISHED")
+            return "stopped_early"
+        metrics = [
+            Metric(k, v, now, 0)
+            for k, raw in result.items()
+            if k not in BOOKKEEPING
+            and "/" not in k
+            and k not in RUNG_NAMES.keys() - {"wer_dev"}
+            and (v := _numeric(raw)) is not None
+            and math.isfinite(v)
+        ]
+        self.client.log_batch(run_id, metrics=metrics)
+        if result.get("model_dir"):
+            self.client.set_tag(run_id, "kdprune.model_dir", str(result["model_dir"]))
+        self.client.set_tag(run_id, STOPPED, "false")
+        self.client.set_terminated(run_id, "FINISHED")
+        return "finished"
+
+    def update_front(
+        self, parent_id: str, objectives: tuple[str, ...], reference_point: tuple[float, ...]
+    ) -> dict[str, Any]:
+        """Rewrite the parent's pareto.csv, plots and hypervolume from its children."""
+        from kdprune.analysis.loading import load_trials, state_counts
+        from kdprune.analysis.tracking_front import log_front_to_parent
+
+        df = load_trials(self.experiment, self.uri, parent_run_id=parent_id)
+        done = df[df["state"] != "running"] if len(df) else df
+        summary = log_front_to_parent(
+            self.client, parent_id, done, objectives, reference_point or None, step=len(done)
+        )
+        counts = state_counts(df)
+        for state in ("finished", "stopped_early", "failed"):
+            self.client.log_metric(
+                parent_id, f"trials_{state}", counts.get(state, 0), step=len(done)
+            )
+        return summary
+
+
+class MlflowSweepCallback(Callback):
+    """Tune callback mirroring trials into MLflow (see module docstring)."""
+
+    def __init__(
+        self,
+        uri: str,
+        experiment: str,
+        run_name: str,
+        parent_run_id: str,
+        objectives: tuple[str, ...],
+        reference_point: tuple[float, ...],
+    ) -> None:
+        self.uri, self.experiment, self.run_name = uri, experiment, run_name
+        self.parent_run_id = parent_run_id
+        self.objectives, self.reference_point = tuple(objectives), tuple(reference_point)
+        self._tracker: SweepTracker | None = None
+
+    def __getstate__(self) -> dict[str, Any]:  # Tune pickles callbacks with the experiment
+        return {**self.__dict__, "_tracker": None}
+
+    @property
+    def tracker(self) -> SweepTracker:
+        if self._tracker is None:
+            self._tracker = SweepTracker(self.uri, self.experiment, self.run_name)
+        return self._tracker
+
+    def on_trial_start(self, iteration, trials, trial, **info) -> None:
+        run_id, attempt = self.tracker.child_run(self.parent_run_id, trial.trial_id, trial.config)
+        cfg = logged_params(trial.config)
+        knob = {"l0": "target_sparsity", "small": "target_sparsity", "lrf": "rank_ratio"}
+        k = knob.get(str(cfg["method"]))
+        log(
+            f"trial {trial.trial_id} started (attempt {attempt}): {cfg['method']}"
+            + (f" {k}={cfg[k]:.3g}" if k else "")
+            + f" kd_weight={cfg['kd_weight']} -> MLflow run {run_id}"
+        )
+
+    def on_trial_recover(self, iteration, trials, trial, **info) -> None:
+        log(f"trial {trial.trial_id} failed and will be retried: {self._error(trial)}")
+
+    def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
+        if result.get("final"):
+            return  # logged by on_trial_complete
+        run_id, _ = self._run(trial)
+        self.tracker.log_rung(run_id, result)
+
+    def on_trial_complete(self, iteration, trials, trial, **info) -> None:
+        self._finish(trial, trial.last_result, "")
+
+    def on_trial_error(self, iteration, trials, trial, **info) -> None:
+        self._finish(trial, trial.last_result, self._error(trial) or "trial errored")
+
+    def _run(self, trial) -> tuple[str, int]:
+        run_id = self.tracker._children.get(trial.trial_id)
+        if run_id is None:
+            return self.tracker.child_run(self.parent_run_id, trial.trial_id, trial.config)
+        return run_id, 0
+
+    def _finish(self, trial, result: dict[str, Any] | None, error: str) -> None:
+        run_id, _ = self._run(trial)
+        state = self.tracker.finish_child(run_id, result, error)
+        msg = f"trial {trial.trial_id} {state}"
+        if state == "finished":
+            msg += ": " + ", ".join(f"{o}={(result or {}).get(o)}" for o in self.objectives)
+        elif state == "failed":
+            msg += f": {(error or (result or {}).get('failed') or '')[:300]}"
+        log(msg)
+        try:
+            summary = self.tracker.update_front(
+                self.parent_run_id, self.objectives, self.reference_point
+            )
+            log(
+                f"front: {summary['front_size']} Pareto-optimal trial(s), hypervolume "
+                f"{summary['hypervolume']:.4g}"
+            )
+        except Exception as exc:  # the front is re-derivable from the children; keep going
+            log(f"could not update the Pareto front on the parent run: {exc!r}")
+
+    @staticmethod
+    def _error(trial) -> str:
+        from kdprune.orchestration.worker import failure_reason
+
+        try:
+            err = trial.get_error()
+        except Exception:  # the error file may be missing or unreadable
+            err = None
+        return failure_reason(err) if err is not None else ""

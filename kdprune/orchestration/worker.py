@@ -1,0 +1,232 @@
+"""One sweep trial = one Ray Train run, driven from a Ray Tune function trainable.
+
+`run_trial` (the Tune trainable) turns the trial's config into a `CompressConfig` dict and
+fits one `TorchTrainer` named after the Tune trial id, so a restarted trial (driver crash,
+`--resume`) finds its Train run again and resumes from the last checkpoint.
+`train_fn_per_worker` (every DDP rank) builds the `TrainerContext` and calls `compress`;
+its report callback forwards each rung's metrics and rank 0's checkpoint to Ray Train
+(and through `TuneReportCallback` to Tune) and applies the multi-objective rung decision.
+A trial always ends with a result carrying ``final=True`` plus either the final metrics,
+``stopped_early=True`` or ``failed=<reason>``: the searcher and MLflow read that flag.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from kdprune.orchestration.early_stop import StoppingRule, StopTrial, rung_point
+
+# Ray Train settings that cut fixed per-trial cost (see bench/orchestration.py): the
+# preemption watcher is an extra actor per run, and the controller polls workers (and so
+# forwards reports) every health-check interval.
+TRAIN_ENV_DEFAULTS = {
+    "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0",
+    "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5",
+}
+
+
+@dataclass(frozen=True)
+class TrialPlan:
+    """What every trial of a sweep shares (handed to the trainable by `with_parameters`)."""
+
+    run_name: str
+    workdir: str  # absolute; trial outputs go to <workdir>/sweeps/<run_name>/trials/<id>
+    storage: str  # Ray storage root (path or URI); Train runs live in <storage>/<run>/train
+    teacher_dir: str  # "" : compress prepares (and caches) the preset's teacher
+    trainer: str  # "module:function" called like kdprune.compress.compress
+    num_workers: int = 1
+    use_gpu: bool = False
+    cpus_per_worker: float = 1.0
+    gpus_per_worker: float = 1.0
+    worker_failures: int = 2
+    stopper: str = ""  # name of the sweep's RungStore actor ("" : no early stopping)
+    namespace: str = ""
+    rule: StoppingRule | None = None
+    train_env: tuple[tuple[str, str], ...] = tuple(TRAIN_ENV_DEFAULTS.items())
+
+    def trial_out_dir(self, trial_id: str) -> Path:
+        return Path(self.workdir) / "sweeps" / self.run_name / "trials" / trial_id
+
+
+def resolve_trainer(spec: str):
+    """``"package.module:function"`` -> the function."""
+    module, _, name = spec.partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def _scalar_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
+    """Numbers (finite or not), bools and short strings: what Tune and MLflow can take."""
+    out: dict[str, Any] = {}
+    for k, v in metrics.items():
+        if isinstance(v, bool) or isinstance(v, str) and len(v) < 1000:
+            out[k] = v
+        elif isinstance(v, (int, float)):
+            out[k] = float(v) if isinstance(v, float) else int(v)
+        elif hasattr(v, "item") and getattr(v, "ndim", 1) == 0:
+            out[k] = float(v.item())
+    return out
+
+
+def failure_reason(exc: BaseException, limit: int = 2000) -> str:
+    """A short one-paragraph reason: the innermost exception line(s) of a Ray error."""
+    text = str(exc).strip()
+    lines = [ln for ln in text.splitlines() if ln.strip()]
+    tail = [ln for ln in lines if "Error" in ln or "Exception" in ln]
+    msg = f"{type(exc).__name__}: " + (tail[-1].strip() if tail else (lines[-1] if lines else ""))
+    return msg[:limit]
+
+
+class RungReporter:
+    """The `TrainerContext.report` of one worker: Ray Train report + rung decision."""
+
+    def __init__(self, trial_id: str, rank: int, world_size: int, plan: TrialPlan) -> None:
+        self.trial_id, self.rank, self.world_size, self.plan = trial_id, rank, world_size, plan
+        self.last: dict[str, Any] = {}
+        self.count = 0
+        self._store = None
+
+    def __call__(self, metrics: dict[str, Any], ckpt_dir: Path | None) -> None:
+        import ray.train
+
+        clean = _scalar_metrics(metrics)
+        self.count += 1
+        clean["rung"] = self.count
+        checkpoint = None
+        if ckpt_dir is not None and self.rank == 0 and Path(ckpt_dir).exists():
+            checkpoint = ray.train.Checkpoint.from_directory(str(ckpt_dir))
+        ray.train.report(clean, checkpoint=checkpoint)
+        self.last = clean
+        if self.plan.stopper and self._decide(clean):
+            raise StopTrial(f"dominated at step {clean.get('step')}")
+
+    def _decide(self, metrics: dict[str, Any]) -> bool:
+        stop = False
+        if self.rank == 0:
+            point = rung_point(metrics, self.plan.rule or StoppingRule())
+            store = self._get_store()
+            if point is not None and store is not None:
+                import ray
+
+                stop = bool(ray.get(store.decide.remote(self.trial_id, metrics["step"], point)))
+        if self.world_size > 1:  # every rank must leave the loop at the same rung
+            import torch.distributed as dist
+
+            box = [stop]
+            dist.broadcast_object_list(box, src=0)
+            stop = bool(box[0])
+        return stop
+
+    def _get_store(self):
+        if self._store is None:
+            import ray
+
+            try:
+                self._store = ray.get_actor(
+                    self.plan.stopper, namespace=self.plan.namespace or None
+                )
+            except ValueError:
+                from kdprune.utils import log
+
+                log(f"rung store {self.plan.stopper} not found: no early stopping for this trial")
+                return None
+        return self._store
+
+
+def train_fn_per_worker(loop_config: dict[str, Any]) -> None:
+    """Ray Train worker: dict -> CompressConfig -> `compress` with a TrainerContext."""
+    import ray.train
+    import ray.train.torch
+
+    from kdprune.compress import CompressConfig, TrainerContext
+    from kdprune.utils import from_dict
+
+    plan: TrialPlan = loop_config["plan"]
+    trial_id = loop_config["trial_id"]
+    tctx = ray.train.get_context()
+    rank, world = tctx.get_world_rank(), tctx.get_world_size()
+    cfg = from_dict(CompressConfig, loop_config["compress"])
+    device = ray.train.torch.get_device()
+    reporter = RungReporter(trial_id, rank, world, plan)
+    trainer = resolve_trainer(plan.trainer)
+    checkpoint = ray.train.get_checkpoint()
+
+    def wrap(model):
+        return ray.train.torch.prepare_model(model, move_to_device=False)
+
+    with checkpoint.as_directory() if checkpoint is not None else nullcontext(None) as resume:
+        ctx = TrainerContext(
+            rank=rank,
+            world_size=world,
+            device=str(device),
+            report=reporter,
+            resume_dir=Path(resume) if resume else None,
+            wrap_model=wrap if world > 1 else None,
+        )
+        try:
+            result = trainer(
+                cfg,
+                Path(plan.workdir),
+                plan.trial_out_dir(trial_id),
+                Path(plan.teacher_dir) if plan.teacher_dir else None,
+                ctx,
+            )
+        except StopTrial:
+            ray.train.report({**reporter.last, "final": True, "stopped_early": True})
+            return
+    final = _scalar_metrics(result)
+    final.update(final=True, stopped_early=False, rung=reporter.count + 1)
+    if "step" not in final and "step" in reporter.last:
+        final["step"] = reporter.last["step"]
+    ray.train.report(final)
+
+
+def run_trial(config: dict[str, Any], plan: TrialPlan) -> None:
+    """Ray Tune function trainable: build and fit one TorchTrainer for this trial."""
+    import ray.train
+    import ray.tune
+    from ray.train.torch import TorchTrainer
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    from kdprune.compress import CompressConfig, check_compress_config
+    from kdprune.orchestration.space import compress_dict
+    from kdprune.utils import from_dict
+
+    for key, value in plan.train_env:  # read by TorchTrainer.fit in this process
+        os.environ.setdefault(key, value)
+    trial_id = ray.tune.get_context().get_trial_id()
+    cfg = compress_dict(config)
+    try:
+        check_compress_config(from_dict(CompressConfig, cfg))
+    except (TypeError, ValueError) as exc:  # deterministic: do not retry, record it
+        ray.tune.report({"final": True, "failed": f"invalid config: {exc}"})
+        return
+    resources = {"CPU": plan.cpus_per_worker}
+    if plan.use_gpu:
+        resources["GPU"] = plan.gpus_per_worker
+    trainer = TorchTrainer(
+        train_fn_per_worker,
+        train_loop_config={
+            "compress": cfg,
+            "trial_id": trial_id,
+            "plan": plan,  # pickled, not JSON: a frozen dataclass importable everywhere
+        },
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=plan.num_workers, use_gpu=plan.use_gpu, resources_per_worker=resources
+        ),
+        run_config=ray.train.RunConfig(
+            name=trial_id,  # stable across restarts: the Train run resumes itself
+            storage_path=f"{plan.storage.rstrip('/')}/{plan.run_name}/train",
+            callbacks=[TuneReportCallback()],
+            failure_config=ray.train.FailureConfig(max_failures=plan.worker_failures),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
+        ),
+    )
+    try:
+        trainer.fit()
+    except ray.train.TrainingFailedError as exc:  # Train's own retries are used up
+        ray.tune.report({"final": True, "failed": failure_reason(exc)})
