@@ -10,6 +10,7 @@ from kdprune.models.conformer import ConformerEncoder
 from kdprune.models.model_dir import load_model_dir, save_model_dir
 from kdprune.models.transducer import Transducer
 from kdprune.pruning import (
+    Lagrangian,
     PruneConfig,
     attach_gates,
     config_params,
@@ -97,7 +98,10 @@ def test_rounding_to_multiples_keeps_outputs():
 def test_materialised_model_dir_loads_without_pruning_code(tmp_path):
     texts = ["turn the light on", "set a timer for ten minutes", "play some music"] * 20
     tok = train_tokenizer(texts, tmp_path / "t.model", 30)
-    small = materialise(gated_student("lrf+l0", True, vocab=tok.vocab_size))
+    student = gated_student("lrf+l0", True, vocab=tok.vocab_size)
+    student.lagrangian = Lagrangian(student.encoder_params(), 0.5)  # attached to checkpoint
+    small = materialise(student)
+    assert not hasattr(small, "lagrangian") and hasattr(student, "lagrangian")
     out = save_model_dir(tmp_path / "small", small, tok, {"achieved_sparsity": 0.4})
     loaded = load_model_dir(out)
     assert loaded.config == small.cfg

@@ -37,6 +37,7 @@ from kdprune.models.conformer import (
     SelfAttention,
 )
 from kdprune.models.layers import LowRankLinear
+from kdprune.pruning.budget import Lagrangian
 from kdprune.pruning.gates import encoder_of, num_units, rank_gate, unit_gate, whole_gate
 from kdprune.pruning.lrf import _set_encoder_cfg
 
@@ -207,12 +208,17 @@ def materialise_encoder(
 
 def materialise(model: nn.Module, round_heads: int = 1, round_units: int = 1) -> nn.Module:
     """A plain smaller copy of `model` (a Transducer, an SSL wrapper or an encoder); the
-    model's `.cfg.encoder` (if any) carries the new per-layer dims. `model` is unchanged."""
+    model's `.cfg.encoder` (if any) carries the new per-layer dims. A `Lagrangian` attached
+    to the model (for checkpointing) is left out of the copy. `model` is unchanged."""
     enc = encoder_of(model)
     new_enc = materialise_encoder(enc, round_heads, round_units)
     if model is enc:
         return new_enc
     memo = {id(enc): new_enc}  # do not deep-copy the gated encoder
+    dropped = [n for n, c in model.named_children() if isinstance(c, Lagrangian)]
+    memo |= {id(getattr(model, n)): None for n in dropped}
     out = copy.deepcopy(model, memo)
+    for name in dropped:
+        delattr(out, name)
     _set_encoder_cfg(out, new_enc.cfg)
     return out
