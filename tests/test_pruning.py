@@ -193,7 +193,7 @@ def test_gradient_ascent_on_lambda(below):
         out.loss.backward()
         pulls.append(float(kept.grad) * teacher)  # -∂loss/∂ŝ = T ∂loss/∂kept
         opt.step()
-        l1.append(float(lag.lambda1))
+        l1.append(float(lag.lambda1.detach()))
     assert float(lag.lambda2) > 0.5
     if below:
         assert l1[-1] < -0.5 and all(b < a for a, b in zip(l1, l1[1:], strict=False))
