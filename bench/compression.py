@@ -2,7 +2,7 @@
 
 Usage:
     .venv/bin/python bench/compression.py [--device cpu|cuda] [--threads 1]
-        [--measures P1,P2,P4[,P7]] [--rounds 25] [--step-rounds 8]
+        [--measures P1,P2,P4[,P7]] [--rounds 25] [--step-rounds 20]
 
   P1  materialised pruned encoder latency ÷ a dense encoder built directly with the same
       per-layer dims (goal ≤ 1.05): materialisation leaves no overhead behind.
@@ -365,8 +365,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--measures", default=None, help="comma list (default P1,P2,P4 [+P7 cuda])")
     ap.add_argument("--rounds", type=int, default=25, help="latency rounds (best round used)")
     ap.add_argument("--runs", type=int, default=1, help="latency runs per model per round")
-    ap.add_argument("--step-rounds", type=int, default=8, help="training-step rounds")
-    ap.add_argument("--steps", type=int, default=2, help="training steps per model per round")
+    ap.add_argument("--step-rounds", type=int, default=20, help="training-step rounds")
+    ap.add_argument("--steps", type=int, default=1, help="training steps per model per round")
     ap.add_argument("--p7-preset", default="paper")
     ap.add_argument("--p7-batch", type=int, default=32)
     args = ap.parse_args(argv)
