@@ -28,6 +28,7 @@ from kdprune.data.manifest import read_manifest
 from kdprune.data.synth import synth_config, synth_corpus
 from kdprune.data.tokenizer import Tokenizer, train_tokenizer
 from kdprune.eval.evaluate import evaluate, model_latency, wer_on
+from kdprune.model_card import write_model_card
 from kdprune.models.conformer import ConformerEncoder
 from kdprune.models.model_dir import LoadedModel, load_model_dir, save_model_dir
 from kdprune.models.ssl import BestRq
@@ -259,7 +260,25 @@ def finetune(
     }
     save_model_dir(out, model, tok, extra)
     write_json(out / "metrics.json", metrics)
+    write_model_card(out, _corpus_summary(manifests))
     return {"model_dir": str(out), **metrics}
+
+
+def _corpus_summary(manifests: dict[str, Path]) -> dict[str, Any] | None:
+    """Counts from the generated corpus's corpus.json (None for user manifests)."""
+    info = Path(manifests["train"]).parent / "corpus.json"
+    if not info.exists():
+        return None
+    c = read_json(info)
+    out: dict[str, Any] = {
+        "vocabulary": c.get("vocabulary_size"),
+        "config_hash": c.get("config_hash"),
+    }
+    for split, d in c.get("splits", {}).items():
+        out[split] = (
+            f"{d.get('utterances')} utts / {d.get('hours')} h / {d.get('num_voices')} voices {d.get('engines')}"
+        )
+    return out
 
 
 def load_teacher(model_dir: Path) -> LoadedModel:
