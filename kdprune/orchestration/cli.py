@@ -7,6 +7,7 @@ Progress goes to stderr; the last stdout line is the sweep's JSON result (DESIGN
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 from dataclasses import replace
 from typing import Any
@@ -47,7 +48,11 @@ def build_parser(doc: str | None) -> argparse.ArgumentParser:
     p.add_argument("--no-early-stopping", action="store_true")
     p.add_argument("--eta", type=float, help="early-stopping aggressiveness (default 2)")
     p.add_argument("--params-budget", type=float, help="constraint: params <= this")
+    p.add_argument("--reference-point", help="hypervolume reference, one value per objective "
+                   "(default: from the teacher: WER 1, params x1.1, latency x1.5)")  # fmt: skip
+    p.add_argument("--max-failures", type=int, help="worker-group restarts per trial (default 2)")
     p.add_argument("--num-cpus", type=int, help="logical CPUs of an embedded Ray (default: cores)")
+    p.add_argument("--trainer", help=argparse.SUPPRESS)  # "module:function", tests only
     return p
 
 
@@ -71,10 +76,15 @@ def config_from_args(
         "max_concurrent": args.max_concurrent,
         "eta": args.eta,
         "params_budget": args.params_budget,
+        "trainer": args.trainer,
+        "worker_failures": args.max_failures,
     }
     cfg = replace(cfg, **{k: v for k, v in flags.items() if v is not None})
     if args.objectives:
         cfg = replace(cfg, objectives=parse_objectives(args.objectives), reference_point=())
+    if args.reference_point:
+        ref = tuple(float(v) for v in args.reference_point.split(","))
+        cfg = replace(cfg, reference_point=ref)
     if args.gpu:
         cfg = replace(cfg, use_gpu=True)
     if args.no_early_stopping:
@@ -106,8 +116,9 @@ def main(
     args = build_parser(doc).parse_args(argv)
     base = SweepConfig(name=name, space=space)
     cfg = config_from_args(args, base, {**SMOKE, **(smoke or {})})
-    try:
-        result = run_sweep(cfg, resume=args.resume or False, num_cpus=args.num_cpus)
+    try:  # Tune and Ray print tables and worker output on stdout: keep it for the result
+        with contextlib.redirect_stdout(sys.stderr):
+            result = run_sweep(cfg, resume=args.resume or False, num_cpus=args.num_cpus)
     except (ValueError, FileNotFoundError, TrackingUnavailable) as exc:
         log(f"error: {exc}")
         return 2

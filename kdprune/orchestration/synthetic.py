@@ -6,6 +6,7 @@ It really trains a small MLP with DDP-able steps, saves and resumes checkpoints 
 at every rung like `compress`; its WER and size are closed-form functions of the config
 (l0 degrades gently with sparsity, LRF more steeply with the removed rank, KD helps a
 little), approached exponentially over the steps so rung values predict final ones.
+Rung reports carry ``train/resumed_from_step`` (0 unless resumed from a checkpoint).
 Environment: ``KDPRUNE_SYNTHETIC_STEP_S`` adds a sleep per step (to kill a trial mid-way),
 ``KDPRUNE_SYNTHETIC_FAIL`` makes a method raise (``lrf`` -> every lrf trial fails).
 """
@@ -74,12 +75,12 @@ def synthetic_compress(
     torch.manual_seed(cfg.seed)
     model = nn.Sequential(nn.Linear(16, 32), nn.Tanh(), nn.Linear(32, 1)).to(ctx.device)
     opt = torch.optim.SGD(model.parameters(), lr=0.05)
-    step = 0
+    step = resumed_from = 0
     if ctx.resume_dir is not None and (Path(ctx.resume_dir) / "state.pt").exists():
         state = torch.load(Path(ctx.resume_dir) / "state.pt", weights_only=True)
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["opt"])
-        step = int(state["step"])
+        step = resumed_from = int(state["step"])
     wrapped = ctx.wrap_model(model) if ctx.wrap_model else model
     wer_final, enc_final = final_point(
         cfg.method, cfg.kd_weight, cfg.target_sparsity, cfg.rank_ratio, cfg.seed
@@ -111,6 +112,7 @@ def synthetic_compress(
                         "expected_params": exp_params,
                         "expected_sparsity": 1 - exp_params / TEACHER_ENCODER_PARAMS,
                         "train/loss": float(loss),
+                        "train/resumed_from_step": resumed_from,
                         "stage": "prune",
                     },
                     ckpt if ctx.rank == 0 else None,

@@ -98,11 +98,13 @@ def prepare_teacher(cfg: SweepConfig) -> tuple[str, dict[str, Any]]:
 
 
 def reference_point(objectives: tuple[str, ...], teacher: dict[str, Any]) -> tuple[float, ...]:
-    """Fixed hypervolume reference: WER 1.0; sizes x1.1 and times x1.5 the teacher's."""
+    """Fixed hypervolume reference: WER max(1, 1.5 x the teacher's) (a point at the
+    reference adds no volume, and tiny teachers sit at 100%); sizes x1.1 and times x1.5
+    the teacher's."""
     ref = []
     for obj in objectives:
         if obj.startswith("wer"):
-            ref.append(1.0)
+            ref.append(max(1.0, 1.5 * float(teacher.get(obj) or 0.0)))
         elif obj == "params_ratio":
             ref.append(1.1)
         elif obj in ("params", "encoder_params") and teacher.get(obj):
@@ -128,6 +130,7 @@ def connect_ray(num_cpus: int | None = None) -> bool:
         ray.init(address="auto", log_to_driver=True)
         return False
     ray.init(
+        address="local",  # a new instance even if `ray start` runs on this machine
         num_cpus=num_cpus,
         include_dashboard=True,
         dashboard_host="127.0.0.1",
