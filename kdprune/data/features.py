@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -74,7 +75,7 @@ def load_features(manifest: Path, cfg: FeatureConfig, cache_dir: Path) -> Featur
         if (i + 1) % 1000 == 0:
             log(f"  features {i + 1}/{len(utts)}")
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")  # concurrent trials may race to fill the cache
     torch.save({"feats": feats}, tmp)
     tmp.replace(path)
     return FeatureSet(utts, feats)
