@@ -79,10 +79,10 @@ def get_preset(name: str) -> Preset:
         )
         # Sized for ~1 h on 2 CPU cores: small batches (many updates), CTC aux for fast alignment.
         base = TrainConfig(
-            max_steps=5000, lr=2e-3, warmup_steps=300, max_frames=10000, max_batch=48,
+            max_steps=3000, lr=2e-3, warmup_steps=250, max_frames=8000, max_batch=48,
             ctc_weight=0.3, eval_every=250, log_every=50, checkpoint_every=250,
         )
-        pre = replace(base, max_steps=400, lr=1e-3, warmup_steps=50, eval_every=0, spec_augment=False)
+        pre = replace(base, max_steps=150, lr=1e-3, warmup_steps=30, eval_every=0, spec_augment=False)
         return Preset(name, 128, feats, enc, 160, 160, BestRqConfig(), pre, base)
     # paper: LibriSpeech-scale, GPU cluster (conformer-S-like).
     enc = ConformerConfig.uniform(
