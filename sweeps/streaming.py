@@ -24,4 +24,12 @@ SMOKE_POINTS = (
 )
 
 if __name__ == "__main__":
-    sys.exit(main(__doc__, "streaming", SPACE, smoke={"initial_points": SMOKE_POINTS}))
+    sys.exit(
+        main(
+            __doc__,
+            "streaming",
+            SPACE,
+            smoke={"initial_points": SMOKE_POINTS},
+            defaults={"objectives": ("wer_dev", "latency_ms_per_audio_s")},
+        )
+    )

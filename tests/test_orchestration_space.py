@@ -143,3 +143,14 @@ def test_redact_hides_credentials():
     assert redact("https://user:secret@host:5000/x") == "https://***@host:5000/x"
     assert "secret" not in redact("postgresql://u:secret@db/mlflow")
     assert redact("sqlite:////tmp/m.db") == "sqlite:////tmp/m.db"
+
+
+def test_local_cpus_leave_every_core_to_training():
+    from kdprune.orchestration.tuner import local_cpus
+
+    one = SweepConfig(name="s")  # 1 worker x 1 CPU + a 1-CPU trial driver
+    assert local_cpus(one, cores=2) == 4
+    assert max_concurrent_trials(one, {"CPU": local_cpus(one, cores=2)}) == 2
+    two = SweepConfig(name="s", num_workers=2)
+    assert local_cpus(two, cores=2) == 3  # the brief's "2-worker trial needs 3 CPUs"
+    assert local_cpus(SweepConfig(name="s", cpus_per_worker=4), cores=2) == 5

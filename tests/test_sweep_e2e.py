@@ -116,6 +116,13 @@ def descendants(pid: int) -> list[psutil.Process]:
         return []
 
 
+def cmdline(p: psutil.Process) -> str:
+    try:
+        return " ".join(p.cmdline())
+    except psutil.Error:  # gone, or a zombie
+        return ""
+
+
 def kill_all(procs: list[psutil.Process]) -> None:
     for p in procs:
         try:
@@ -165,7 +172,11 @@ def test_synthetic_sweep_with_a_failing_trial(tmp_path):
     assert result["trials"].get("failed", 0) == len(lrf)
 
 
-def test_worker_killed_mid_trial_resumes_from_checkpoint(tmp_path):
+@pytest.mark.parametrize("victim", ["RayTrainWorker", "ImplicitFunc"])
+def test_killed_mid_trial_resumes_from_checkpoint(tmp_path, victim):
+    """A Train worker killed: Ray Train restarts the worker group from the last checkpoint.
+    The trial's driver (the Tune function, owner of the Train run) killed: Tune restarts
+    the trial, whose Train run restores itself by name; the MLflow run is reused."""
     env = sweep_env(tmp_path / "work", KDPRUNE_SYNTHETIC_STEP_S="0.25")
     args = [*SYNTH_ARGS, "--trials", "1", "--no-early-stopping"]
     proc = start_sweep("l0_vs_lrf.py", args, env, tmp_path / "sweep")
@@ -175,7 +186,7 @@ def test_worker_killed_mid_trial_resumes_from_checkpoint(tmp_path):
         # Kill once a checkpointed rung went through Train's controller to Tune and MLflow.
         client, children = trial_runs(tmp_path / "work", "l0_vs_lrf")
         reported = children and client.get_metric_history(children[0].info.run_id, "eval/wer_dev")
-        workers = [p for p in descendants(proc.pid) if "RayTrainWorker" in " ".join(p.cmdline())]
+        workers = [p for p in descendants(proc.pid) if f"ray::{victim}" in cmdline(p)]
         if reported and workers:
             killed = workers[0].pid
             os.kill(killed, signal.SIGKILL)
@@ -189,6 +200,8 @@ def test_worker_killed_mid_trial_resumes_from_checkpoint(tmp_path):
     assert max(m.value for m in resumed) >= 10  # restarted from a checkpoint, not step 0
     steps = [m.step for m in client.get_metric_history(child.info.run_id, "eval/wer_dev")]
     assert steps == sorted(steps) and steps[-1] == 40
+    expected_attempts = "2" if victim == "ImplicitFunc" else "1"
+    assert child.data.tags["kdprune.attempt"] == expected_attempts
 
 
 def test_driver_killed_then_resume_finishes_the_sweep(tmp_path):

@@ -108,13 +108,16 @@ def main(
     space: SpaceConfig,
     argv: list[str] | None = None,
     smoke: dict[str, Any] | None = None,
+    defaults: dict[str, Any] | None = None,
 ) -> int:
-    """Parse flags, run (or resume) the sweep, print the front on stderr and the JSON."""
+    """Parse flags, run (or resume) the sweep, print the front on stderr and the JSON.
+    ``defaults`` are SweepConfig fields of this sweep (e.g. its objectives); ``smoke``
+    what --smoke-test changes on top (tiny preset, 4 trials, an l0 and an LRF trial)."""
     from kdprune.orchestration.tracking import TrackingUnavailable
     from kdprune.orchestration.tuner import run_sweep
 
     args = build_parser(doc).parse_args(argv)
-    base = SweepConfig(name=name, space=space)
+    base = SweepConfig(name=name, space=space, **(defaults or {}))
     cfg = config_from_args(args, base, {**SMOKE, **(smoke or {})})
     try:  # Tune and Ray print tables and worker output on stdout: keep it for the result
         with contextlib.redirect_stdout(sys.stderr):

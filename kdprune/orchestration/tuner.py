@@ -119,6 +119,16 @@ def reference_point(objectives: tuple[str, ...], teacher: dict[str, Any]) -> tup
     return tuple(ref)
 
 
+def local_cpus(cfg: SweepConfig, cores: int | None = None) -> int:
+    """Logical CPUs of an embedded Ray: every core for training workers, plus a logical
+    CPU slot for the (mostly idle) Tune function driving each trial that fits, so a
+    2-core machine trains 2 one-worker trials at once instead of 1 beside an idle core."""
+    cores = cores or os.cpu_count() or 1
+    per_trial = cfg.num_workers * cfg.cpus_per_worker
+    slots = max(1, int(cores // per_trial))
+    return int(math.ceil(max(cores, slots * per_trial) + slots * cfg.driver_cpus))
+
+
 def connect_ray(num_cpus: int | None = None) -> bool:
     """Attach to the cluster when RAY_ADDRESS is set (``ray job submit``), else start an
     embedded Ray with its dashboard on loopback. Returns True when Ray was started here."""
@@ -225,7 +235,7 @@ def start_run(cfg: SweepConfig, resume: str | bool) -> tuple[SweepRun, str, dict
         )
     if found is not None:
         run = SweepRun.load(found)
-        log(f"resuming sweep run {run.run_name} ({found})")
+        log(f"resuming sweep run {run.run_name} ({found}) with its stored settings")
         teacher_dir, _ = prepare_teacher(run.config)
         SweepTracker(uri, run.config.name, run.run_name).parent_run({})
         return run, teacher_dir, {}
@@ -270,7 +280,7 @@ def run_sweep(
     check_tracking_uri(uri)  # before Ray, the teacher or any trial
     run, teacher_dir, _ = start_run(cfg, resume)
     log(f"MLflow: {redact(uri)} experiment {run.config.name!r}, parent run {run.parent_run_id}")
-    started_here = connect_ray(num_cpus)
+    started_here = connect_ray(num_cpus or local_cpus(run.config))
     try:
         # Rung results carry no final objective; Tune would refuse them.
         os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")
