@@ -162,7 +162,7 @@ def ray_local():
 
     # Ship this module's trainable by value: Ray workers cannot import test modules.
     cloudpickle.register_pickle_by_value(sys.modules[__name__])
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield
     ray.shutdown()
 
