@@ -149,3 +149,27 @@ def test_parent_front_is_written(tracker, tmp_path):
     text = open(csv).read()
     assert "run_id" in text.splitlines()[0] and text.count("\n") == 3
     assert client.get_metric_history(parent, "trials_stopped_early")[-1].value == 1
+
+
+def test_sweep_script_fails_fast_on_an_unreachable_store(tmp_path):
+    """Exit 2 with the URI named (credentials hidden), before Ray, teacher or trials."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "MLFLOW_TRACKING_URI": "http://u:secret@127.0.0.1:9"}
+    env["KDPRUNE_WORKDIR"] = str(tmp_path / "work")
+    t0 = time.time()
+    proc = subprocess.run(
+        [sys.executable, str(repo / "sweeps" / "l0_vs_lrf.py"), "--smoke-test"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 2
+    assert "http://***@127.0.0.1:9" in proc.stderr and "secret" not in proc.stderr
+    assert proc.stdout == "" and not (tmp_path / "work" / "ray_results").exists()
+    assert time.time() - t0 < 60
