@@ -286,6 +286,8 @@ def run_stage(
             m["expected_params"] = float(expected_params(student))
             m["eval_params"] = float(eval_params(student))
             m["expected_sparsity"] = 1 - m["expected_params"] / state.teacher_encoder_params
+            # Where the run is headed: the Lagrangian drives it to the target by the end.
+            m["budget_params"] = state.teacher_encoder_params * (1 - cfg.target_sparsity)
         else:
             m["expected_params"] = float(student.encoder_params())
             m["expected_sparsity"] = 1 - m["expected_params"] / state.teacher_encoder_params

@@ -100,3 +100,12 @@ def test_stopping_saves_time_and_keeps_the_front(seed):
     }
     assert front_kept == front_all  # no Pareto point lost
     assert es_steps < 0.85 * full_steps  # and real time saved
+
+
+def test_rung_size_is_the_committed_budget_when_reported():
+    """An l0 trial's size coordinate at a rung is its target, not its shrinking expectation."""
+    rule = StoppingRule()
+    assert rung_point({"wer_dev": 0.3, "expected_params": 9e4, "budget_params": 5e4}, rule) == [
+        0.3,
+        5e4,
+    ]

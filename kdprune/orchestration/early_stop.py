@@ -145,8 +145,20 @@ def start_store(run_name: str, rule: StoppingRule, path: Path):
 
 
 def rung_point(metrics: dict[str, Any], rule: StoppingRule) -> list[float] | None:
-    """The rung objectives of a report, or None when one is missing."""
+    """The rung objectives of a report, or None when one is missing.
+
+    The size coordinate is the size the trial is committed to: an l0 trial reports
+    ``budget_params`` (its target) because its expected size is still shrinking while the
+    target warms up; comparing that against LRF trials' final sizes would stop every l0
+    trial at the first rungs (seen on the demo sweep)."""
     try:
-        return [float(metrics[k]) for k in rule.objectives]
+        return [
+            float(
+                metrics["budget_params"]
+                if k == "expected_params" and "budget_params" in metrics
+                else metrics[k]
+            )
+            for k in rule.objectives
+        ]
     except (KeyError, TypeError, ValueError):
         return None
