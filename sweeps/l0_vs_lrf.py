@@ -4,7 +4,7 @@ MLflow tracking, Pareto front of WER vs parameters).
 
 Usage:
     .venv/bin/python sweeps/l0_vs_lrf.py --smoke-test          # 4 tiny trials, minutes
-    .venv/bin/python sweeps/l0_vs_lrf.py                       # demo preset, 16 trials
+    .venv/bin/python sweeps/l0_vs_lrf.py                       # demo preset, 8 trials (~18 min on 2 cores)
     .venv/bin/python sweeps/l0_vs_lrf.py --objectives wer_dev,latency --sampler tpe
     .venv/bin/python sweeps/l0_vs_lrf.py --resume              # after the driver died
     ray job submit --working-dir . -- python sweeps/l0_vs_lrf.py --preset paper \\
@@ -19,4 +19,4 @@ from kdprune.orchestration.config import SpaceConfig
 SPACE = SpaceConfig(methods=("l0", "lrf"), kd_weights=(0.0, 0.5, 1.0, 2.0))
 
 if __name__ == "__main__":
-    sys.exit(main(__doc__, "l0_vs_lrf", SPACE))
+    sys.exit(main(__doc__, "l0_vs_lrf", SPACE, defaults={"trials": 8}))
