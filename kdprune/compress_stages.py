@@ -216,14 +216,14 @@ class StudentLoss(nn.Module):
             )
             loss = loss + r.loss
             enc = r.enc
-            stats |= {"train/loss_rnnt": float(r.rnnt), "train/loss_ctc": float(r.ctc)}
+            stats |= {"train/loss_rnnt": float(r.rnnt.detach()), "train/loss_ctc": float(r.ctc.detach())}
         else:
             enc = self.student.encode(batch.feats, batch.feat_lens, return_hidden=True)
         if self.kd is not None:
             valid = lengths_to_mask(enc.lengths, enc.out.shape[1])
             lkd = self.kd(enc.hidden, teacher_hidden, valid)
             loss = loss + self.kd_weight * lkd
-            stats["train/loss_kd"] = float(lkd)
+            stats["train/loss_kd"] = float(lkd.detach())
         if self.lagrangian is not None:
             from kdprune.pruning.budget import lagrangian_step
 

@@ -120,7 +120,7 @@ def pretrain(preset_name: str, workdir: Path, manifests: dict[str, Path] | None 
     def compute_loss(batch, step):
         x = (batch.feats - mean) / std
         loss, acc = model(x, batch.feat_lens, gen)
-        return loss, {"loss_ssl": float(loss), "acc_masked": acc}
+        return loss, {"loss_ssl": float(loss.detach()), "acc_masked": acc}
 
     res = fit(model, compute_loss, opt, train, None, preset.pretrain, ckpt_dir=out / "ckpt")
     save_file({k: v.contiguous() for k, v in model.encoder.state_dict().items()}, str(weights))
@@ -223,7 +223,7 @@ def finetune(
             else batch.feats
         )
         r = asr_loss(model, batch, feats, cfg.ctc_weight)
-        return r.loss, {"loss_rnnt": float(r.rnnt), "loss_ctc": float(r.ctc)}
+        return r.loss, {"loss_rnnt": float(r.rnnt.detach()), "loss_ctc": float(r.ctc.detach())}
 
     def eval_dev(step):
         w = wer_on(model, dev_eval, tok)
