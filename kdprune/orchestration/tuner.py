@@ -131,7 +131,12 @@ def local_cpus(cfg: SweepConfig, cores: int | None = None) -> int:
 
 def connect_ray(num_cpus: int | None = None) -> bool:
     """Attach to the cluster when RAY_ADDRESS is set (``ray job submit``), else start an
-    embedded Ray with its dashboard on loopback. Returns True when Ray was started here."""
+    embedded Ray with its dashboard on loopback. Returns True when Ray was started here.
+
+    The embedded Ray's processes are told where its API server is: Ray Train's placement-
+    group cleaner queries the State API without an address, and with two Ray instances on
+    one machine its auto-detection fails, so the placement group of a trial whose driver
+    died would never be released and the trial's restart would wait for it forever."""
     import ray
 
     if ray.is_initialized():
@@ -139,14 +144,25 @@ def connect_ray(num_cpus: int | None = None) -> bool:
     if os.environ.get("RAY_ADDRESS"):
         ray.init(address="auto", log_to_driver=True)
         return False
+    port = _free_port()
+    os.environ["RAY_API_SERVER_ADDRESS"] = f"http://127.0.0.1:{port}"  # inherited by all
     ray.init(
         address="local",  # a new instance even if `ray start` runs on this machine
         num_cpus=num_cpus,
         include_dashboard=True,
         dashboard_host="127.0.0.1",
+        dashboard_port=port,
         log_to_driver=True,
     )
     return True
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def build_tuner(run: SweepRun, teacher_dir: str, resume: bool):
