@@ -283,7 +283,7 @@ def run_stage(
         if state.gated:
             from kdprune.pruning.budget import eval_params
 
-            m["expected_params"] = float(expected_params(student))
+            m["expected_params"] = float(expected_params(student).detach())
             m["eval_params"] = float(eval_params(student))
             m["expected_sparsity"] = 1 - m["expected_params"] / state.teacher_encoder_params
             # Where the run is headed: the Lagrangian drives it to the target by the end.

@@ -77,10 +77,11 @@ def get_preset(name: str) -> Preset:
         enc = ConformerConfig.uniform(
             6, 144, 4, 576, subsampling=8, subsampling_channels=32, kernel_size=15, dropout=0.1, max_rel_pos=32
         )
-        # Sized for ~1 h on 2 CPU cores: small batches (many updates), CTC aux for fast alignment.
+        # Sized for ~1.5 h on one CPU core: small batches (many updates), CTC aux for fast
+        # alignment. 3000 steps plateaued at ~24 % dev WER once the cosine LR had decayed.
         base = TrainConfig(
-            max_steps=3000, lr=2e-3, warmup_steps=250, max_frames=8000, max_batch=48,
-            ctc_weight=0.3, eval_every=250, log_every=50, checkpoint_every=250,
+            max_steps=7000, lr=2e-3, warmup_steps=250, max_frames=8000, max_batch=48,
+            ctc_weight=0.3, eval_every=500, log_every=50, checkpoint_every=250,
         )
         pre = replace(base, max_steps=150, lr=1e-3, warmup_steps=30, eval_every=0, spec_augment=False)
         return Preset(name, 128, feats, enc, 160, 160, BestRqConfig(), pre, base)

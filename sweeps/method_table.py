@@ -7,6 +7,7 @@ Usage:
     .venv/bin/python sweeps/method_table.py --preset demo --budget 0.5 --seeds 0 1
     .venv/bin/python sweeps/method_table.py --preset tiny --seeds 0 --steps 10   # minutes
     .venv/bin/python sweeps/method_table.py --preset demo --extra sequential streaming
+    .venv/bin/python sweeps/method_table.py --teacher path/to/model_dir   # your own teacher
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ def rows_for(budget: float, extra: list[str]) -> list[tuple[str, dict]]:
         rows += [("l0+KD sequential", dict(method="l0", kd_weight=1.0, schedule="sequential"))]
     if "streaming" in extra:
         rows += [
+            ("dense streaming", dict(method="none", kd_weight=0.0, streaming=True)),
             ("l0+KD streaming", dict(method="l0", kd_weight=1.0, streaming=True)),
             ("LRF+KD streaming", dict(method="lrf", kd_weight=1.0, streaming=True)),
             ("small+KD streaming (baseline)", dict(method="small", kd_weight=1.0, streaming=True)),
@@ -63,9 +65,12 @@ def main() -> int:
     ap.add_argument("--steps", type=int, default=0, help="compression steps (0: preset default)")
     ap.add_argument("--extra", nargs="*", default=[], choices=["sequential", "streaming"])
     ap.add_argument("--workdir", type=Path, default=None)
+    ap.add_argument(
+        "--teacher", type=Path, default=None, help="teacher model dir (default: the preset's)"
+    )
     args = ap.parse_args()
     workdir = (args.workdir or default_workdir()).resolve()
-    teacher_dir = Path(finetune(args.preset, workdir)["model_dir"])
+    teacher_dir = (args.teacher or Path(finetune(args.preset, workdir)["model_dir"])).resolve()
     teacher = load_model_dir(teacher_dir)
     rank_ratio = rank_ratio_for_sparsity(teacher.model, args.budget)
     # Teacher latency measured here, like every student's, so the column compares like with like.
@@ -105,7 +110,7 @@ def main() -> int:
     t_test = 100 * teacher.extra["metrics"]["wer_test"]
     lines = [
         f"Budget: {args.budget:.0%} of the teacher's encoder parameters removed; seeds {args.seeds}; "
-        f"preset {args.preset}; steps {args.steps or 'preset default'}.",
+        f"preset {args.preset}; steps {args.steps or 'preset default'}; teacher {teacher_dir}.",
         "",
         "| method | WER dev % | WER test % | params | encoder params | latency ms/audio s | Δ WER test vs small+KD | Δ WER test vs teacher |",
         "|---|---|---|---|---|---|---|---|",
