@@ -74,3 +74,25 @@ def test_resume_reaches_the_same_weights(tmp_path):
     assert res.steps == 9
     for p, r in zip(model.parameters(), reference, strict=True):
         assert torch.allclose(p, r, atol=1e-6)
+
+
+def test_constant_lr_groups_skip_the_schedule():
+    """l0 gates and λ keep their LR while the weights' LR warms up and decays."""
+    torch.manual_seed(0)
+    model = torch.nn.Linear(4, 1)
+    gate = torch.nn.Parameter(torch.zeros(1))
+    opt = torch.optim.AdamW(
+        [
+            {"params": model.parameters(), "lr": 1e-2},
+            {"params": [gate], "lr": 0.1, "constant_lr": True},
+        ]
+    )
+    _, _, cfg = _setup(6)
+
+    def compute(batch, step):
+        return model(batch.feats).pow(2).mean() + gate.sum() ** 2, {}
+
+    fit(model, compute, opt, _toy_set(), None, cfg)
+    weights, gates = opt.param_groups
+    assert weights["lr"] < 0.5 * 1e-2  # cosine-decayed by the last step
+    assert gates["lr"] == 0.1

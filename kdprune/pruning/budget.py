@@ -213,7 +213,10 @@ def param_groups(
 
     Gates and λ are found by type in `model` (plus `lagrangian` if it lives outside).
     They get no weight decay and are marked `no_clip` so a large λ cannot shrink the
-    weights' clipped update (`kdprune.train.loop.fit` clips only the other groups).
+    weights' clipped update (`kdprune.train.loop.fit` clips only the other groups), and
+    `constant_lr`: the weights' warm-up/decay does not apply to them (as CoFi's separate l0
+    optimiser), else the gates freeze short of the target once the weights' LR has decayed
+    (measured: a 200-step demo run at target 0.5 stopped at sparsity 0.36).
     Empty groups are left out; each group has a "name".
     """
     gates = [g.log_alpha for g in iter_gates(model)]
@@ -225,13 +228,21 @@ def param_groups(
     weights = [p for p in model.parameters() if p.requires_grad and id(p) not in special]
     groups = [
         {"name": "weights", "params": weights, "lr": lr_weights, "weight_decay": weight_decay},
-        {"name": "gates", "params": gates, "lr": lr_gates, "weight_decay": 0.0, "no_clip": True},
+        {
+            "name": "gates",
+            "params": gates,
+            "lr": lr_gates,
+            "weight_decay": 0.0,
+            "no_clip": True,
+            "constant_lr": True,
+        },
         {
             "name": "lambda",
             "params": lambdas,
             "lr": -abs(lr_lambda),  # negative: gradient ascent on λ
             "weight_decay": 0.0,
             "no_clip": True,
+            "constant_lr": True,
         },
     ]
     return [g for g in groups if g["params"]]

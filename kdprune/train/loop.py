@@ -100,7 +100,8 @@ def fit(
     """Train `model` for cfg.max_steps, resuming from `ckpt_dir` when it holds a checkpoint.
 
     `model` is what gets checkpointed (unwrap DDP before passing it); `compute_loss` may use
-    a DDP wrapper of it. Param groups keep their own base LR in group["base_lr"].
+    a DDP wrapper of it. Param groups keep their own base LR in group["base_lr"]; groups
+    marked "constant_lr" (l0 gates, Lagrange multipliers) skip the warm-up/decay schedule.
     """
     for g in optimiser.param_groups:
         g.setdefault("base_lr", g["lr"])
@@ -124,7 +125,7 @@ def fit(
         _, batch = next(it)
         batch = batch.to(device)
         for g in optimiser.param_groups:
-            g["lr"] = g["base_lr"] * lr_factor(step, cfg)
+            g["lr"] = g["base_lr"] * (1.0 if g.get("constant_lr") else lr_factor(step, cfg))
         loss, stats = compute_loss(batch, step)
         if not torch.isfinite(loss):
             skipped += 1
