@@ -129,7 +129,9 @@ def fit(
         loss, stats = compute_loss(batch, step)
         if not torch.isfinite(loss):
             skipped += 1
-            log(f"step {step}: non-finite loss ({float(loss.detach())}), batch skipped ({skipped} so far)")
+            log(
+                f"step {step}: non-finite loss ({float(loss.detach())}), batch skipped ({skipped} so far)"
+            )
             optimiser.zero_grad(set_to_none=True)
             if skipped > cfg.max_bad_steps:
                 raise NonFiniteLossError(f"{skipped} non-finite losses (limit {cfg.max_bad_steps})")
