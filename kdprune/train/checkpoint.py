@@ -36,11 +36,36 @@ def save_checkpoint(
         },
     }
     try:
-        torch.save(payload, tmp)
+        # A Python file object (not a path) keeps the OS error of a failed write reachable:
+        # torch reports it as "unexpected pos 576 vs 534"; fsync before the rename so the
+        # new file is on disk, not only in the page cache, when it replaces the old one.
+        with open(tmp, "wb") as f:
+            torch.save(payload, f)
+            f.flush()
+            os.fsync(f.fileno())
         os.replace(tmp, path)
+    except (OSError, RuntimeError) as exc:
+        cause = _os_error(exc)
+        if cause is None:
+            raise
+        raise OSError(
+            cause.errno,
+            f"could not write checkpoint {path}: {cause.strerror}; the previous checkpoint is kept",
+        ) from exc
     finally:
         tmp.unlink(missing_ok=True)
     return path
+
+
+def _os_error(exc: BaseException | None) -> OSError | None:
+    """The OSError (with an errno) behind ``exc``, following its cause/context chain."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, OSError) and exc.errno is not None:
+            return exc
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return None
 
 
 def load_checkpoint(
