@@ -1,6 +1,7 @@
 """A full disk (or a file-size limit) while writing a checkpoint or a JSON state file: the
 write fails with a clear OSError, the previous file is still there and loads to the same
-step and weights, and no temp file is left behind.
+step and weights, and no temp file is left behind. The other temp-file + rename writes
+(model directory, tokenizer, feature cache) fail without leaving their temp behind.
 
 The failures are real OS errors, not mocks: EFBIG from ``RLIMIT_FSIZE`` (in a subprocess,
 with SIGXFSZ ignored so the write returns the error instead of killing the process) and,
@@ -150,3 +151,57 @@ def test_checkpoint_write_on_full_disk_keeps_previous(tiny_tmpfs):
     model, opt = small_model()
     save_checkpoint(ckpt_dir, model, opt, {"step": 3})  # space was released
     assert load_checkpoint(ckpt_dir, nn.Linear(8, 4), None) == {"step": 3}
+
+
+def fill(mnt: Path, leave: int) -> None:
+    """Fill the file system at `mnt` until `leave` bytes are free."""
+    st = os.statvfs(mnt)
+    with open(mnt / "filler", "wb") as f:
+        f.write(b"\0" * max(0, st.f_bavail * st.f_frsize - leave))
+
+
+def test_other_atomic_writes_on_full_disk_leave_no_temp(tiny_tmpfs, tmp_path):
+    """ENOSPC while writing a model directory, a tokenizer or the feature cache: each
+    fails, the previous model directory still loads, and no temp file or folder is left."""
+    import numpy as np
+    from safetensors import SafetensorError
+
+    from kdprune.data.audio import write_wav
+    from kdprune.data.features import FeatureConfig, load_features
+    from kdprune.data.tokenizer import train_tokenizer
+    from kdprune.models.conformer import ConformerConfig
+    from kdprune.models.model_dir import load_model_dir, save_model_dir
+    from kdprune.models.transducer import ModelConfig, Transducer
+
+    texts = ["turn on the kitchen lights", "set a timer for ten minutes", "play music"] * 20
+    tok = train_tokenizer(texts, tmp_path / "tok" / "tokenizer.model", vocab_size=32)
+    enc = ConformerConfig.uniform(
+        1, 16, 2, 32, subsampling=4, subsampling_channels=4, kernel_size=3, max_rel_pos=8
+    )
+    cfg = ModelConfig(vocab_size=tok.vocab_size, encoder=enc, pred_dim=8, joint_dim=8)
+    torch.manual_seed(0)
+    old = Transducer(cfg)
+    save_model_dir(tiny_tmpfs / "model", old, tok)
+    rng = np.random.default_rng(0)
+    lines = []
+    for i in range(2):
+        write_wav(tmp_path / f"{i}.wav", 0.1 * rng.standard_normal(16000).astype(np.float32))
+        lines.append(json.dumps({"audio_filepath": f"{i}.wav", "duration": 1.0, "text": "hi"}))
+    (tmp_path / "m.jsonl").write_text("\n".join(lines) + "\n")
+    for d in ("tok", "features"):
+        (tiny_tmpfs / d).mkdir()
+    fill(tiny_tmpfs, leave=4096)
+
+    with pytest.raises((SafetensorError, OSError)) as info:
+        save_model_dir(tiny_tmpfs / "model", Transducer(cfg), tok)
+    assert "No space left" in str(info.value), info.value
+    with pytest.raises(OSError) as info:
+        train_tokenizer(texts, tiny_tmpfs / "tok" / "tokenizer.model", vocab_size=32)
+    assert info.value.errno == errno.ENOSPC
+    with pytest.raises((OSError, RuntimeError)):  # features: 2 x 101 frames x 80 x fp16
+        load_features(tmp_path / "m.jsonl", FeatureConfig(), tiny_tmpfs / "features")
+
+    assert sorted(os.listdir(tiny_tmpfs)) == ["features", "filler", "model", "tok"]
+    assert os.listdir(tiny_tmpfs / "tok") == [] and os.listdir(tiny_tmpfs / "features") == []
+    loaded = load_model_dir(tiny_tmpfs / "model").model.state_dict()
+    assert all(torch.equal(v, loaded[k]) for k, v in old.state_dict().items())

@@ -76,8 +76,11 @@ def load_features(manifest: Path, cfg: FeatureConfig, cache_dir: Path) -> Featur
             log(f"  features {i + 1}/{len(utts)}")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(f".{os.getpid()}.tmp")  # concurrent trials may race to fill the cache
-    torch.save({"feats": feats}, tmp)
-    tmp.replace(path)
+    try:
+        torch.save({"feats": feats}, tmp)
+        tmp.replace(path)
+    finally:  # a failed write (full disk) leaves no partial temp file behind
+        tmp.unlink(missing_ok=True)
     return FeatureSet(utts, feats)
 
 

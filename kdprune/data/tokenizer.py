@@ -52,6 +52,9 @@ def train_tokenizer(
         minloglevel=2,
     )
     tmp = out_file.with_suffix(".tmp")
-    tmp.write_bytes(buf.getvalue())
-    tmp.replace(out_file)
+    try:
+        tmp.write_bytes(buf.getvalue())
+        tmp.replace(out_file)
+    finally:  # a failed write (full disk) leaves no partial temp file behind
+        tmp.unlink(missing_ok=True)
     return Tokenizer(out_file)

@@ -44,19 +44,23 @@ def save_model_dir(
     tmp = out_dir.with_name(out_dir.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    save_file(state, str(tmp / WEIGHTS))
-    shutil.copyfile(tokenizer.model_file, tmp / TOKENIZER)
-    write_json(
-        tmp / CONFIG,
-        {
-            "format_version": MODEL_FORMAT_VERSION,
-            "kdprune_version": __version__,
-            "model": to_dict(model.cfg),
-            "tokenizer": TOKENIZER,
-            "extra": extra or {},
-        },
-    )
+    try:
+        state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+        save_file(state, str(tmp / WEIGHTS))
+        shutil.copyfile(tokenizer.model_file, tmp / TOKENIZER)
+        write_json(
+            tmp / CONFIG,
+            {
+                "format_version": MODEL_FORMAT_VERSION,
+                "kdprune_version": __version__,
+                "model": to_dict(model.cfg),
+                "tokenizer": TOKENIZER,
+                "extra": extra or {},
+            },
+        )
+    except BaseException:  # a failed write (full disk): no half-written temp dir left
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     if out_dir.exists():
         shutil.rmtree(out_dir)
     tmp.rename(out_dir)
