@@ -22,8 +22,6 @@ trial's MLflow curve and final weights; MLflow has one run per trial (`check_swe
 from __future__ import annotations
 
 import json
-import os
-import secrets
 import shutil
 import subprocess
 import tempfile
@@ -42,6 +40,7 @@ from test_sweep_e2e import (
     finish,
     free_port,
     kill_all,
+    ray_env,
     start_sweep,
     trial_runs,
 )
@@ -59,15 +58,7 @@ class RayCluster:
         self.temps: list[Path] = []
         self.nodes: list[subprocess.Popen] = []
         self.gcs_port, dash = free_port(), free_port()
-        self.env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "MLFLOW_"))}
-        self.env.update(
-            RAY_API_SERVER_ADDRESS=f"http://127.0.0.1:{dash}",
-            RAY_AUTH_MODE="token",
-            RAY_AUTH_TOKEN=secrets.token_hex(32),
-            PATH=f"{Path(PY).parent}:{self.env['PATH']}",
-            OMP_NUM_THREADS="1",
-            **env,  # the raylets pass these to every worker they start
-        )
+        self.env = ray_env(dash, **env)
         head = [
             "--head",
             f"--port={self.gcs_port}",

@@ -249,22 +249,30 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def ray_env(dash_port: int, **extra: str) -> dict[str, str]:
+    """Environment of a test Ray instance: no inherited RAY_/MLFLOW_ settings, token auth,
+    the project's venv on PATH, one thread per process."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "MLFLOW_"))}
+    env.update(
+        # Processes of this head find its State API without guessing among the Ray
+        # instances that may run on the machine (Ray Train's placement-group cleaner).
+        RAY_API_SERVER_ADDRESS=f"http://127.0.0.1:{dash_port}",
+        RAY_AUTH_MODE="token",
+        RAY_AUTH_TOKEN=secrets.token_hex(32),
+        PATH=f"{Path(PY).parent}:{env['PATH']}",
+        OMP_NUM_THREADS="1",
+        **extra,  # the raylets pass these to every worker they start
+    )
+    return env
+
+
 @pytest.fixture()
 def ray_head():
     """A head on loopback with its own temp dir, ports and auth token; its processes are
     stopped by pid at the end (never a machine-wide `ray stop`)."""
     temp = Path(tempfile.mkdtemp(prefix="kdr", dir="/tmp"))
     dash = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "MLFLOW_"))}
-    env.update(
-        # Processes of this head find its State API without guessing among the Ray
-        # instances that may run on the machine (Ray Train's placement-group cleaner).
-        RAY_API_SERVER_ADDRESS=f"http://127.0.0.1:{dash}",
-        RAY_AUTH_MODE="token",
-        RAY_AUTH_TOKEN=secrets.token_hex(32),
-        PATH=f"{Path(PY).parent}:{env['PATH']}",
-        OMP_NUM_THREADS="1",
-    )
+    env = ray_env(dash)
     cmd = [
         str(Path(PY).parent / "ray"),
         "start",
