@@ -14,7 +14,7 @@ from torch import nn
 from kdprune.data.features import FeatureSet
 from kdprune.data.tokenizer import Tokenizer
 from kdprune.distill.kd import KDConfig, LayerKD
-from kdprune.distill.small import small_student_config
+from kdprune.distill.small import init_small_from_teacher, small_student_config
 from kdprune.eval.evaluate import model_latency, wer_on
 from kdprune.models.conformer import lengths_to_mask
 from kdprune.models.model_dir import LoadedModel
@@ -157,10 +157,11 @@ def build_student(
     if cfg.method == "small":
         enc_cfg = small_student_config(enc_cfg, cfg.target_sparsity)
         student = Transducer(replace(tcfg, encoder=enc_cfg))
-        # Same d_model: front end, normaliser, predictor, joiner and CTC head start from the teacher.
+        # Same d_model: front end, normaliser, predictor, joiner and CTC head start from the
+        # teacher; the encoder layers from evenly spaced teacher layers, truncated.
         for name in ("normaliser", "predictor", "joiner", "ctc"):
             getattr(student, name).load_state_dict(getattr(teacher, name).state_dict())
-        student.encoder.subsampling.load_state_dict(teacher.encoder.subsampling.state_dict())
+        init_small_from_teacher(student.encoder, teacher.encoder)
     else:
         student = Transducer(replace(tcfg, encoder=enc_cfg))
         student.load_state_dict(copy.deepcopy(teacher.state_dict()))
@@ -216,7 +217,10 @@ class StudentLoss(nn.Module):
             )
             loss = loss + r.loss
             enc = r.enc
-            stats |= {"train/loss_rnnt": float(r.rnnt.detach()), "train/loss_ctc": float(r.ctc.detach())}
+            stats |= {
+                "train/loss_rnnt": float(r.rnnt.detach()),
+                "train/loss_ctc": float(r.ctc.detach()),
+            }
         else:
             enc = self.student.encode(batch.feats, batch.feat_lens, return_hidden=True)
         if self.kd is not None:

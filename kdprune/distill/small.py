@@ -1,9 +1,17 @@
 """The traditional KD baseline: a student *built* smaller (fewer, narrower layers) to a
-parameter budget, trained with KD + RNN-T (what the paper calls suboptimal)."""
+parameter budget, trained with KD + RNN-T (what the paper calls suboptimal).
+
+As DistilBERT / DistilHuBERT do, the student starts from the teacher: its layers copy
+evenly spaced teacher layers, truncated to the student's width (first heads, FFN units
+and conv channels: a fixed choice, not a learned or scored one). Measured on the demo
+preset (250 steps, 50 % budget): from random init the student reached 62 % test WER where
+every pruned student was at 21-24 %; a baseline that weak says nothing about pruning."""
 
 from __future__ import annotations
 
 from dataclasses import replace
+
+import torch
 
 from kdprune.models.conformer import ConformerConfig, ConformerEncoder, LayerDims
 
@@ -44,3 +52,23 @@ def small_student_config(teacher: ConformerConfig, target_sparsity: float) -> Co
         else:
             lo = mid
     return build(lo)
+
+
+def teacher_layer_picks(n_teacher: int, n_student: int) -> list[int]:
+    """Evenly spaced teacher layers, first and last included (6 -> 4: 0, 2, 3, 5)."""
+    if n_student == 1:
+        return [n_teacher - 1]
+    return [round(i * (n_teacher - 1) / (n_student - 1)) for i in range(n_student)]
+
+
+@torch.no_grad()
+def init_small_from_teacher(student: ConformerEncoder, teacher: ConformerEncoder) -> list[int]:
+    """Initialise a `small_student_config` encoder from the teacher's (same d_model):
+    front end copied, layer i from teacher layer picks[i], truncated. Returns the picks."""
+    from kdprune.pruning.materialise import copy_truncated_layer
+
+    student.subsampling.load_state_dict(teacher.subsampling.state_dict())
+    picks = teacher_layer_picks(len(teacher.layers), len(student.layers))
+    for s_layer, j in zip(student.layers, picks, strict=True):
+        copy_truncated_layer(teacher.layers[j], s_layer)
+    return picks

@@ -222,3 +222,19 @@ def materialise(model: nn.Module, round_heads: int = 1, round_units: int = 1) ->
         delattr(out, name)
     _set_encoder_cfg(out, new_enc.cfg)
     return out
+
+
+@torch.no_grad()
+def copy_truncated_layer(old: nn.Module, new: nn.Module) -> None:
+    """Copy a plain conformer layer into a narrower one of the same d_model, keeping the
+    first heads / FFN units / conv channels of each module (no selection criterion)."""
+    new.final_norm.load_state_dict(old.final_norm.state_dict())
+    for name in _MODULES:
+        old_m, new_m = getattr(old, name), getattr(new, name)
+        if new_m is None:
+            continue
+        k = num_units(new_m)
+        if old_m is None or k > num_units(old_m):
+            raise ValueError(f"{name}: cannot truncate {old_m and num_units(old_m)} units to {k}")
+        idx = torch.arange(k, device=new_m.norm.weight.device)
+        _copy_module(old_m, new_m, Keep(idx, torch.ones(k, device=idx.device), 1.0))
