@@ -97,3 +97,17 @@ def test_report_on_failed_only_experiment_says_so(uri, tmp_path):
 def test_report_on_missing_experiment_raises_clearly(uri, tmp_path):
     with pytest.raises(ValueError, match="'nope' not found"):
         write_report("nope", uri, tmp_path)
+
+
+def test_report_uses_the_reference_point_the_sweep_logged(tmp_path):
+    """A sweep's parent run holds its fixed reference point: the report's hypervolume is
+    computed there (the same number the sweep logged), not at a data-dependent point."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    ids = make_synthetic_sweep(uri, "one", 12, seed=7)
+    client = MlflowClient(tracking_uri=uri)
+    client.log_param(ids["parent_run_id"], "objectives", "['wer_dev', 'params']")
+    client.log_param(ids["parent_run_id"], "reference_point", "[1.0, 5000000.0]")
+    logged = write_report("one", uri, tmp_path / "a")
+    assert "params ≤ 5.000M" in (tmp_path / "a" / "report.md").read_text()
+    other = write_report("one", uri, tmp_path / "b", reference_point=(1.0, 6e6))
+    assert other["hypervolume"] > logged["hypervolume"] > 0

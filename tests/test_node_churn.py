@@ -42,6 +42,7 @@ from test_sweep_e2e import (
     kill_all,
     ray_env,
     start_sweep,
+    stop_trees,
     trial_runs,
 )
 
@@ -114,19 +115,10 @@ class RayCluster:
         ]
 
     def stop(self) -> None:
-        tree: dict[int, psutil.Process] = {}
-        for p in [psutil.Process(n.pid) for n in self.nodes if n.poll() is None] + [
-            p for t in self.temps for p in self._procs(t)
-        ]:
-            tree[p.pid] = p
-            tree.update({c.pid: c for c in descendants(p.pid)})
-        for p in tree.values():
-            try:
-                p.terminate()
-            except psutil.NoSuchProcess:
-                pass
-        _, alive = psutil.wait_procs(list(tree.values()), timeout=15)
-        kill_all(alive)
+        stop_trees(
+            [psutil.Process(n.pid) for n in self.nodes if n.poll() is None]
+            + [p for t in self.temps for p in self._procs(t)]
+        )
         for t in self.temps:
             shutil.rmtree(t, ignore_errors=True)
 

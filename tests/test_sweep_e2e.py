@@ -291,22 +291,28 @@ def ray_head():
     try:
         yield f"http://127.0.0.1:{dash}", env
     finally:
-        mine = [
-            p
-            for p in psutil.process_iter(["cmdline"])
-            if str(temp) in " ".join(p.info["cmdline"] or [])
-        ]
-        tree = {p.pid: p for p in mine}
-        for p in mine:
-            tree.update({c.pid: c for c in descendants(p.pid)})
-        for p in tree.values():
-            try:
-                p.terminate()
-            except psutil.NoSuchProcess:
-                pass
-        _, alive = psutil.wait_procs(list(tree.values()), timeout=15)
-        kill_all(alive)
+        stop_trees(
+            [
+                p
+                for p in psutil.process_iter(["cmdline"])
+                if str(temp) in " ".join(p.info["cmdline"] or [])
+            ]
+        )
         shutil.rmtree(temp, ignore_errors=True)
+
+
+def stop_trees(roots: list[psutil.Process]) -> None:
+    """Terminate these processes and all their descendants; kill what outlives 15 s."""
+    tree = {p.pid: p for p in roots}
+    for p in roots:
+        tree.update({c.pid: c for c in descendants(p.pid)})
+    for p in tree.values():
+        try:
+            p.terminate()
+        except psutil.NoSuchProcess:
+            pass
+    _, alive = psutil.wait_procs(list(tree.values()), timeout=15)
+    kill_all(alive)
 
 
 def test_ray_job_submit_smoke_test(tmp_path, ray_head):

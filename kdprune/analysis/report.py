@@ -142,6 +142,27 @@ def _no_front(status: str, message: str, lines: list[str], df, out_dir: Path, ba
     return result
 
 
+def sweep_reference_point(
+    uri: str, df: pd.DataFrame, objectives: Sequence[str]
+) -> tuple[float, ...] | None:
+    """The fixed reference point the sweep logged on its parent run (so the report's
+    hypervolume is the sweep's), when all trials share one parent with these objectives."""
+    import ast
+
+    from mlflow.tracking import MlflowClient
+
+    parents = df["parent_run_id"].dropna().unique() if "parent_run_id" in df else []
+    if len(parents) != 1:
+        return None
+    params = MlflowClient(uri).get_run(parents[0]).data.params
+    try:
+        if list(ast.literal_eval(params["objectives"])) != list(objectives):
+            return None
+        return tuple(float(x) for x in ast.literal_eval(params["reference_point"]))
+    except (KeyError, ValueError, SyntaxError, TypeError):
+        return None
+
+
 def write_report(
     experiment: str,
     tracking_uri: str | None = None,
@@ -189,7 +210,11 @@ def write_report(
         msg = f"no finished trial has logged objective(s) {missing}; cannot build a front"
         return _no_front("no_objective_values", msg, lines, df, out_dir, base)
 
-    ref = tuple(reference_point) if reference_point else default_reference_point(df, objectives)
+    ref = (
+        tuple(reference_point)
+        if reference_point
+        else sweep_reference_point(uri, df, objectives) or default_reference_point(df, objectives)
+    )
     art = write_front_artifacts(df, objectives, out_dir, ref)
     front = add_labels(art.front)
     knee = knee_point(front, objectives)
