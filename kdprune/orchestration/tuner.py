@@ -97,6 +97,23 @@ def prepare_teacher(cfg: SweepConfig) -> tuple[str, dict[str, Any]]:
     return str(out["model_dir"]), out
 
 
+def prepare_data(cfg: SweepConfig, teacher_dir: str) -> None:
+    """Build the preset's corpus and feature caches once, in the driver, before any trial
+    starts: otherwise every concurrent trial's worker synthesises the same corpus at once
+    (seen from a fresh clone: two workers each at 16 utt/s over the same 6600 files)."""
+    if cfg.trainer != COMPRESS:
+        return
+    from kdprune.data.features import load_features
+    from kdprune.models.model_dir import load_model_dir
+    from kdprune.pipeline import resolve_manifests
+
+    workdir = Path(cfg.workdir)
+    manifests = resolve_manifests(cfg.preset, workdir, None)
+    fcfg = load_model_dir(Path(teacher_dir)).config.features
+    for split in ("train", "dev", "test"):
+        load_features(manifests[split], fcfg, workdir / "features")
+
+
 def reference_point(objectives: tuple[str, ...], teacher: dict[str, Any]) -> tuple[float, ...]:
     """Fixed hypervolume reference: WER max(1, 1.5 x the teacher's) (a point at the
     reference adds no volume, and tiny teachers sit at 100%); sizes x1.1 and times x1.5
@@ -253,10 +270,12 @@ def start_run(cfg: SweepConfig, resume: str | bool) -> tuple[SweepRun, str, dict
         run = SweepRun.load(found)
         log(f"resuming sweep run {run.run_name} ({found}) with its stored settings")
         teacher_dir, _ = prepare_teacher(run.config)
+        prepare_data(run.config, teacher_dir)
         SweepTracker(uri, run.config.name, run.run_name).parent_run({})
         return run, teacher_dir, {}
     run_name = f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     teacher_dir, teacher = prepare_teacher(cfg)
+    prepare_data(cfg, teacher_dir)
     ref = tuple(cfg.reference_point) or reference_point(cfg.objectives, teacher)
     tracker = SweepTracker(uri, cfg.name, run_name)
     params = {
