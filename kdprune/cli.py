@@ -86,6 +86,7 @@ def cmd_finetune(args) -> dict:
         max_steps=args.max_steps,
         max_minutes=args.max_minutes,
         seed=args.seed,
+        lr=args.lr,
     )
 
 
@@ -171,12 +172,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_common(p)
     p.add_argument(
-        "--init", choices=("ssl", "random"), default="ssl", help="encoder initialisation"
+        "--init",
+        default="ssl",
+        help="ssl (BEST-RQ encoder) | random | a model directory to continue training from",
     )
     p.add_argument("--retrain", action="store_true", help="train even if a (shipped) model exists")
     p.add_argument("--out", type=Path, default=None, help="write the model directory here")
     p.add_argument("--max-steps", type=int, default=None)
     p.add_argument("--max-minutes", type=float, default=None, help="wall-clock budget")
+    p.add_argument("--lr", type=float, default=None, help="peak learning rate (default: preset)")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_finetune)
 

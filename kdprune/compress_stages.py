@@ -148,12 +148,20 @@ def build_student(
     from kdprune.pruning.lrf import factorise
 
     tcfg = teacher.cfg
-    enc_cfg = replace(
-        tcfg.encoder,
-        streaming=cfg.streaming,
-        chunk_size=cfg.chunk_size,
-        left_chunks=cfg.left_chunks,
-    )
+    if cfg.streaming:  # fixed chunks, as the student will be decoded
+        enc_cfg = replace(
+            tcfg.encoder,
+            streaming=True,
+            dynamic_chunks=False,
+            chunk_size=cfg.chunk_size,
+            left_chunks=cfg.left_chunks,
+        )
+    elif tcfg.encoder.dynamic_chunks:
+        # A dynamic-chunk teacher's convolution is causal: its full-context students keep
+        # that (and the dynamic chunks), so they can still be streamed.
+        enc_cfg = tcfg.encoder
+    else:
+        enc_cfg = replace(tcfg.encoder, streaming=False)
     if cfg.method == "small":
         enc_cfg = small_student_config(enc_cfg, cfg.target_sparsity)
         student = Transducer(replace(tcfg, encoder=enc_cfg))

@@ -28,6 +28,8 @@ from kdprune.data.manifest import read_manifest
 from kdprune.data.synth import synth_config, synth_corpus
 from kdprune.data.tokenizer import Tokenizer, train_tokenizer
 from kdprune.eval.evaluate import evaluate, model_latency, wer_on
+from kdprune.eval.streaming_eval import stream_transcribe
+from kdprune.eval.wer import corpus_wer
 from kdprune.model_card import write_model_card
 from kdprune.models.conformer import ConformerEncoder
 from kdprune.models.model_dir import LoadedModel, load_model_dir, save_model_dir
@@ -141,13 +143,21 @@ def finetune(
     max_steps: int | None = None,
     max_minutes: float | None = None,
     seed: int = 0,
+    lr: float | None = None,
 ) -> dict[str, Any]:
     """`kdprune finetune`: dense RNN-T on the (SSL) encoder -> model directory + metrics.
 
-    The demo preset returns the shipped teacher unless `retrain` (or other data) is asked.
+    `init`: "ssl" (the BEST-RQ encoder), "random", or a model directory to continue from
+    (its weights, tokenizer and feature statistics; the preset's encoder flags, e.g.
+    dynamic chunks, apply). The demo preset returns the shipped teacher unless `retrain`
+    (or other data) is asked.
     """
+    init_dir = None
     if init not in ("ssl", "random"):
-        raise ValueError(f"init must be 'ssl' or 'random', got {init!r}")
+        init_dir = Path(init).resolve()
+        if not (init_dir / "config.json").is_file():
+            raise ValueError(f"init must be 'ssl', 'random' or a model directory, got {init!r}")
+        init = str(init_dir)
     preset = get_preset(preset_name)
     cfg = preset.finetune
     cfg = replace(
@@ -155,6 +165,7 @@ def finetune(
         seed=seed,
         **({"max_steps": max_steps} if max_steps else {}),
         **({"max_minutes": max_minutes} if max_minutes else {}),
+        **({"lr": lr} if lr else {}),
     )
     if (
         preset_name == "demo"
@@ -175,7 +186,8 @@ def finetune(
             }
         log("no shipped demo teacher found: training it")
     manifests = resolve_manifests(preset_name, workdir, manifests)
-    tok = build_tokenizer(preset, manifests, workdir)
+    start = load_model_dir(init_dir) if init_dir else None
+    tok = start.tokenizer if start else build_tokenizer(preset, manifests, workdir)
     key = stage_dir(
         workdir,
         "finetune",
@@ -206,7 +218,10 @@ def finetune(
     mean, std = _train_stats(train)
     model.normaliser.mean.copy_(mean)
     model.normaliser.std.copy_(std)
-    if init == "ssl":
+    if start is not None:  # same shapes; the encoder's flags (causal, chunks) may differ
+        model.load_state_dict(start.model.state_dict(), strict=True)
+        log(f"continuing from {init_dir}")
+    elif init == "ssl":
         pt = pretrain(preset_name, workdir, manifests)
         model.encoder.load_state_dict(load_file(str(pt / "encoder.safetensors")), strict=True)
         log(f"encoder initialised from SSL pre-training {pt}")
@@ -236,6 +251,7 @@ def finetune(
     metrics = {
         "wer_dev": wer_on(model, dev, tok),
         "wer_test": wer_on(model, test, tok),
+        **_extra_test_wers(model, tok, manifests, preset, workdir, test),
         "params": model.num_params(),
         "encoder_params": model.encoder_params(),
         **model_latency(model, test, tok),
@@ -262,6 +278,27 @@ def finetune(
     write_json(out / "metrics.json", metrics)
     write_model_card(out, _corpus_summary(manifests))
     return {"model_dir": str(out), **metrics}
+
+
+def _extra_test_wers(
+    model: Transducer,
+    tok: Tokenizer,
+    manifests: dict[str, Path],
+    preset: Preset,
+    workdir: Path,
+    test: FeatureSet,
+) -> dict[str, float]:
+    """Test WER decoded chunk by chunk (streaming encoders), and on the corpus's padded
+    test set (silence at both ends) when it has one."""
+    out = {}
+    if model.cfg.encoder.streaming:
+        hyps, _ = stream_transcribe(model, test, tok)
+        out["wer_test_streaming"] = corpus_wer([u.text for u in test.utts], hyps)[0]
+    padded = Path(manifests["test"]).parent / "test_padded.jsonl"
+    if padded.is_file():
+        fs = load_features(padded, preset.features, Path(workdir).resolve() / "features")
+        out["wer_test_padded"] = wer_on(model, fs, tok)
+    return out
 
 
 def _corpus_summary(manifests: dict[str, Path]) -> dict[str, Any] | None:

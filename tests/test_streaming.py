@@ -45,3 +45,45 @@ def test_streaming_encoder_refuses_non_streaming_model():
     enc = ConformerEncoder(ConformerConfig.uniform(1, 32, 4, 48, subsampling_channels=8))
     with pytest.raises(ValueError, match="streaming=True"):
         StreamingEncoder(enc)
+
+
+def _dynamic_encoder() -> ConformerEncoder:
+    torch.manual_seed(0)
+    cfg = ConformerConfig.uniform(
+        2, 32, 4, 48, subsampling=4, subsampling_channels=8, kernel_size=5, dropout=0.0,
+        streaming=True, dynamic_chunks=True, chunk_size=3, left_chunks=2, max_rel_pos=8,
+    )  # fmt: skip
+    return ConformerEncoder(cfg)
+
+
+def test_dynamic_chunks_draw_several_contexts_in_training_and_full_context_in_eval():
+    enc = _dynamic_encoder()
+    enc.train()
+    torch.manual_seed(1)
+    draws = [enc.chunking() for _ in range(200)]
+    assert None in draws  # full context is one of the draws
+    chunks = {d for d in draws if d is not None}
+    assert {c for c, _ in chunks} == set(range(1, 7))  # 1 .. 2 * chunk_size
+    assert -1 in {left for _, left in chunks} and {1, 2, 3, 4} <= {left for _, left in chunks}
+    enc.eval()
+    assert enc.chunking() is None
+    x = torch.randn(1, 90, 80)
+    lengths = torch.tensor([90])
+    with torch.no_grad():
+        full = enc(x, lengths).out
+        enc.force_chunking = (3, 2)
+        chunked = enc(x, lengths).out
+    # Full context and chunked attention differ (the causal convolution is the same).
+    assert (full - chunked).abs().max() > 1e-3
+
+
+def test_dynamic_chunk_model_streams_like_its_chunked_forward():
+    enc = _dynamic_encoder().eval()
+    x = torch.randn(1, 101, 80)
+    with torch.no_grad():
+        enc.force_chunking = (3, 2)
+        masked = enc(x, torch.tensor([101])).out
+        enc.force_chunking = None
+    stream = StreamingEncoder(enc)
+    got = torch.cat([stream.push(x[:, i : i + 9], final=i + 9 >= 101) for i in range(0, 101, 9)], 1)
+    assert (got - masked).abs().max() < 1e-4

@@ -36,7 +36,7 @@ from tqdm import tqdm
 
 from kdprune.data.audio import SAMPLE_RATE, resample, write_wav
 from kdprune.data.grammar import compose_splits, get_grammar
-from kdprune.data.manifest import Utterance, write_manifest
+from kdprune.data.manifest import Utterance, read_manifest, write_manifest
 from kdprune.utils import atomic_write_text, config_hash, log, to_dict, write_json
 
 SPLITS = ("train", "dev", "test")
@@ -96,6 +96,15 @@ class SynthConfig:
     gain_db: tuple[float, float] = (-6.0, 6.0)  # train only: level change
     speed_prob: float = 0.3  # train only: share of utterances speed-perturbed
     speed: tuple[float, float] = (0.9, 1.1)  # speed factor range (resampling; pitch shifts too)
+    # Real recordings start and end with silence or room noise; a model that never heard
+    # them hallucinates sentences there. Train only, after the augmentation above:
+    edge_silence_prob: float = 0.8  # share of utterances given extra silence at the ends
+    edge_silence_s: tuple[float, float] = (0.0, 0.8)  # seconds added, drawn per end
+    floor_noise_prob: float = 0.5  # share given a noise floor over the whole waveform
+    floor_noise_dbfs: tuple[float, float] = (-80.0, -50.0)  # RMS level of that floor
+    # Evaluation set `test_padded.jsonl`: every test utterance with this much digital
+    # silence at both ends (0: no such set).
+    padded_eval_s: float = 0.5
     trim_db: float = 40.0  # trim leading/trailing audio below peak − trim_db (0: keep all)
     pad_s: float = 0.1  # silence kept at each end after trimming, seconds
     max_duration: float = 6.0  # seconds; longer renditions are spoken again faster
@@ -374,10 +383,16 @@ def synth_corpus(
             "voices": voices,
         }
     vocab = sorted({w for u in plan["train"] for w in u.text.split()})
+    eval_sets = {}
+    if cfg.padded_eval_s > 0:
+        eval_sets["test_padded"] = write_padded_set(
+            manifests["test"], out_dir, cfg.padded_eval_s
+        ).name
     write_json(out_dir / "corpus.json", {
         "config": cfg, "config_hash": key, "splits": summary,
         "vocabulary_size": len(vocab), "vocabulary": vocab,
         "manifests": {s: p.name for s, p in manifests.items()},
+        "eval_sets": eval_sets,  # extra evaluation manifests beside the splits
     })  # fmt: skip
     atomic_write_text(marker, key + "\n")  # last: its presence means "complete"
     log(
@@ -425,8 +440,37 @@ def _render(u: PlannedUtterance) -> tuple[str, int, float]:
     x = 0.5 * x / max(float(np.abs(x).max()), 1e-6)  # peak at -6 dBFS
     if u.augment:
         x = _augment(x, np.random.default_rng([cfg.seed, SPLITS.index(u.split), u.index]), cfg)
+        x = _edges(x, np.random.default_rng([cfg.seed, SPLITS.index(u.split), u.index, 1]), cfg)
     write_wav(path, x)
     return u.split, u.index, len(x) / SAMPLE_RATE
+
+
+def _edges(x: np.ndarray, rng: np.random.Generator, cfg: SynthConfig) -> np.ndarray:
+    """Extra leading/trailing silence and a low noise floor (white) under everything."""
+    if rng.random() < cfg.edge_silence_prob:
+        lead, trail = (int(rng.uniform(*cfg.edge_silence_s) * SAMPLE_RATE) for _ in range(2))
+        x = np.concatenate([np.zeros(lead, x.dtype), x, np.zeros(trail, x.dtype)])
+    if rng.random() < cfg.floor_noise_prob:
+        level = 10 ** (rng.uniform(*cfg.floor_noise_dbfs) / 20)
+        x = x + level * rng.standard_normal(len(x))
+    return np.clip(x, -0.99, 0.99).astype(np.float32)
+
+
+def write_padded_set(test: Path, out_dir: Path, pad_s: float, name: str = "test_padded") -> Path:
+    """`<name>.jsonl`: the utterances of manifest `test` with `pad_s` seconds of digital
+    silence at both ends, under `out_dir/audio/<name>/` (how real recordings start and end)."""
+    pad = np.zeros(int(round(pad_s * SAMPLE_RATE)), np.float32)
+    utts = []
+    for u in read_manifest(test):
+        dst = out_dir / "audio" / name / Path(u.audio_filepath).name
+        frames = sf.info(str(u.audio_filepath)).frames + 2 * len(pad)
+        if not (dst.is_file() and sf.info(str(dst)).frames == frames):  # else: made before
+            x, _ = sf.read(str(u.audio_filepath), dtype="float32")
+            write_wav(dst, np.concatenate([pad, x, pad]))
+        utts.append(Utterance(dst, frames / SAMPLE_RATE, u.text))
+    manifest = out_dir / f"{name}.jsonl"
+    write_manifest(manifest, utts)
+    return manifest
 
 
 def _trim(x: np.ndarray, cfg: SynthConfig) -> np.ndarray:

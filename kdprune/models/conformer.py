@@ -72,6 +72,12 @@ class ConformerConfig:
     streaming: bool = False  # causal conv + chunked attention (train and eval)
     chunk_size: int = 8  # frames (after subsampling) per chunk when streaming
     left_chunks: int = 4  # chunks of left context visible to attention when streaming
+    # Dynamic chunk training (WeNet U2, icefall streaming recipes), with `streaming`: each
+    # training batch draws a chunk size and left context, or full context; in eval the
+    # encoder attends over full context (its convolution stays causal) unless `chunked()`
+    # asks for chunks, and `StreamingEncoder` decodes with (chunk_size, left_chunks). One
+    # model then serves both full-context and streaming decoding.
+    dynamic_chunks: bool = False
 
     @property
     def num_layers(self) -> int:
@@ -330,18 +336,41 @@ class ConformerEncoder(nn.Module):
         self.subsampling = Subsampling(cfg)
         self.dropout = nn.Dropout(cfg.dropout)
         self.layers = nn.ModuleList(ConformerLayer(cfg, d) for d in cfg.layers)
+        # (chunk_size, left_chunks) that every forward uses, overriding the config's rule
+        # (e.g. to evaluate a dynamic-chunk model chunked); None: the config decides.
+        self.force_chunking: tuple[int, int] | None = None
+
+    def chunking(self) -> tuple[int, int] | None:
+        """(chunk_size, left_chunks) of this forward's attention mask; None: full context.
+
+        Fixed-chunk streaming models always chunk. Dynamic-chunk models draw per training
+        forward: full context half of the time, else a chunk of 1..2*chunk_size frames with
+        unlimited left context or 1..2*left_chunks chunks of it (global torch RNG, so
+        seeded runs repeat). In eval they use full context unless `force_chunking` is set.
+        """
+        cfg = self.cfg
+        if not cfg.streaming:
+            return None
+        if self.force_chunking is not None:
+            return self.force_chunking
+        if not cfg.dynamic_chunks:
+            return cfg.chunk_size, cfg.left_chunks
+        if not self.training:
+            return None
+        draw = torch.randint(0, 1 << 30, (3,)).tolist()
+        if draw[0] % 2:
+            return None
+        chunk = 1 + draw[1] % (2 * cfg.chunk_size)
+        left = -1 if draw[2] % 2 else 1 + (draw[2] // 2) % (2 * max(1, cfg.left_chunks))
+        return chunk, left
 
     def attention_allowed(self, lengths: torch.Tensor, t: int) -> torch.Tensor:
         """(B, T, T) bool: key j visible from query i (padding, and chunks when streaming)."""
         valid = lengths_to_mask(lengths, t)
         allowed = valid[:, None, :].expand(-1, t, -1)
-        if self.cfg.streaming:
-            allowed = (
-                allowed
-                & chunk_attention_mask(
-                    t, self.cfg.chunk_size, self.cfg.left_chunks, lengths.device
-                )[None]
-            )
+        chunking = self.chunking()
+        if chunking is not None:
+            allowed = allowed & chunk_attention_mask(t, *chunking, lengths.device)[None]
         # Padded query rows: let them see frame 0 so softmax stays finite (outputs ignored).
         eye = torch.zeros(t, t, dtype=torch.bool, device=lengths.device)
         eye[:, 0] = True
