@@ -1,65 +1,109 @@
-"""torchaudio's rnnt_loss against an independent forward-algorithm implementation, and decoding."""
+"""`kdprune.train.losses.asr_loss` against an independent float64 RNN-T forward algorithm.
+
+A tiny random Transducer runs in float64 on a padded batch of utterances of different
+lengths. The reference runs the same model on each utterance alone (unpadded), takes the
+joiner's log-softmax and sums the alignment lattice (T, U+1) with the log-space alpha
+recursion; `asr_loss` must give the mean of those negative log-likelihoods. So the test
+checks what `asr_loss` wires up: the blank id, encoder and target lengths under padding,
+the predictor's start symbol and the per-utterance mean; and that the CTC term adds on.
+"""
 
 import math
 
+import pytest
 import torch
-import torchaudio.functional as AF
 
-from kdprune.eval.wer import corpus_wer, edit_distance
+from kdprune.data.batching import Batch
+from kdprune.models.conformer import ConformerConfig
+from kdprune.models.transducer import ModelConfig, Transducer
+from kdprune.train.losses import asr_loss
+
+VOCAB = 7  # blank is id 7, the last class
 
 
-def rnnt_nll_reference(logits: torch.Tensor, target: list[int], blank: int) -> float:
-    """Forward algorithm over the (T, U+1) lattice in float64 for one utterance."""
-    logp = torch.log_softmax(logits.double(), -1)
+def rnnt_nll(logp: torch.Tensor, target: list[int], blank: int) -> float:
+    """-log P(target | x) by the forward algorithm; logp (T, U+1, V+1) float64 log-probs.
+
+    alpha[t, u] = log P(first u labels emitted, at frame t); a blank moves t → t+1, label
+    u+1 moves u → u+1 within frame t; the path ends with a blank from (T−1, U).
+    """
     t_len, u1, _ = logp.shape
+    assert u1 == len(target) + 1
     alpha = torch.full((t_len, u1), -math.inf, dtype=torch.float64)
     alpha[0, 0] = 0.0
     for t in range(t_len):
         for u in range(u1):
-            if t == 0 and u == 0:
-                continue
-            a = -math.inf
+            paths = []
             if t > 0:
-                a = alpha[t - 1, u] + logp[t - 1, u, blank]
+                paths.append(alpha[t - 1, u] + logp[t - 1, u, blank])
             if u > 0:
-                a = torch.logaddexp(
-                    torch.tensor(a, dtype=torch.float64),
-                    alpha[t, u - 1] + logp[t, u - 1, target[u - 1]],
-                )
-            alpha[t, u] = a
+                paths.append(alpha[t, u - 1] + logp[t, u - 1, target[u - 1]])
+            if paths:
+                alpha[t, u] = torch.logsumexp(torch.stack(paths), 0)
     return float(-(alpha[t_len - 1, u1 - 1] + logp[t_len - 1, u1 - 1, blank]))
 
 
-def test_rnnt_loss_matches_forward_algorithm():
+def tiny_transducer() -> Transducer:
     torch.manual_seed(0)
-    v = 6  # classes incl. blank (last)
-    lens, ulens = [7, 5], [3, 2]
-    logits = torch.randn(2, 7, 4, v)
-    targets = torch.tensor([[1, 2, 3], [4, 0, 0]], dtype=torch.int32)
-    per = AF.rnnt_loss(
-        logits,
-        targets,
-        torch.tensor(lens, dtype=torch.int32),
-        torch.tensor(ulens, dtype=torch.int32),
-        blank=v - 1,
-        reduction="none",
+    enc = ConformerConfig.uniform(
+        num_layers=2,
+        d_model=32,
+        num_heads=4,
+        ffn_dim=48,
+        subsampling_channels=8,
+        kernel_size=7,
+        dropout=0.0,
+        max_rel_pos=8,
     )
-    for b in range(2):
-        ref = rnnt_nll_reference(
-            logits[b, : lens[b], : ulens[b] + 1], targets[b, : ulens[b]].tolist(), v - 1
-        )
-        assert abs(float(per[b]) - ref) < 1e-4
-    mean = AF.rnnt_loss(
-        logits,
-        targets,
-        torch.tensor(lens, dtype=torch.int32),
-        torch.tensor(ulens, dtype=torch.int32),
-        blank=v - 1,
-    )
-    assert torch.allclose(mean, per.mean())
+    cfg = ModelConfig(vocab_size=VOCAB, encoder=enc, pred_dim=16, joint_dim=16, dropout=0.0)
+    return Transducer(cfg).double().eval()
 
 
-def test_wer():
-    assert edit_distance("a b c".split(), "a x c d".split()) == 2
-    wer, err, words = corpus_wer(["a b c", "d e"], ["a b", "d e f"])
-    assert (err, words) == (2, 5) and abs(wer - 0.4) < 1e-12
+def padded_batch(feat_lens: list[int], targets: list[list[int]]) -> Batch:
+    gen = torch.Generator().manual_seed(1)
+    feats = torch.zeros(len(feat_lens), max(feat_lens), 80, dtype=torch.float64)
+    for i, n in enumerate(feat_lens):
+        feats[i, :n] = torch.randn(n, 80, generator=gen, dtype=torch.float64)
+    tokens = torch.zeros(len(targets), max(map(len, targets)), dtype=torch.long)  # pad: 0
+    for i, y in enumerate(targets):
+        tokens[i, : len(y)] = torch.tensor(y)
+    return Batch(
+        feats=feats,
+        feat_lens=torch.tensor(feat_lens),
+        targets=tokens,
+        target_lens=torch.tensor([len(y) for y in targets]),
+        texts=[""] * len(targets),
+        indices=list(range(len(targets))),
+    )
+
+
+@torch.no_grad()
+def reference_nll(model: Transducer, feats: torch.Tensor, target: list[int]) -> float:
+    """One utterance alone: (T, F) features, its labels."""
+    enc = model.encode(feats[None], torch.tensor([feats.shape[0]]))
+    pred = model.predict(torch.tensor([target], dtype=torch.long).reshape(1, -1))
+    logp = torch.log_softmax(model.joiner(enc.out, pred)[0], -1)  # (T', U+1, V+1)
+    return rnnt_nll(logp, target, model.cfg.blank)
+
+
+@pytest.mark.parametrize("ctc_weight", [0.0, 0.3])
+def test_asr_loss_is_the_mean_forward_algorithm_nll(ctc_weight):
+    model = tiny_transducer()
+    lens = [90, 61, 37, 45]  # 21, 14, 8, 10 encoder frames
+    targets = [[1, 4, 0, 6, 2], [3, 3, 5], [6, 0], [2]]
+    batch = padded_batch(lens, targets)
+    with torch.no_grad():
+        out = asr_loss(model, batch, batch.feats, ctc_weight)
+    ref = [
+        reference_nll(model, batch.feats[i, :n], y)
+        for i, (n, y) in enumerate(zip(lens, targets, strict=True))
+    ]
+    assert max(ref) > min(ref) + 1.0  # the utterances differ: a mix-up would show
+    expected = sum(ref) / len(ref)
+    assert abs(float(out.rnnt) - expected) <= 1e-5 * expected, (float(out.rnnt), expected)
+    assert out.enc.out.shape[:2] == (4, 21) and out.enc.lengths.tolist() == [21, 14, 8, 10]
+    if ctc_weight:
+        assert float(out.ctc) > 0
+    else:
+        assert float(out.ctc) == 0.0
+    assert torch.allclose(out.loss, out.rnnt + ctc_weight * out.ctc)

@@ -1,6 +1,5 @@
 """Knowledge distillation from a frozen teacher: layer-to-layer hidden-state KD through
-identity-initialised projections (L1 + (1 - cosine), padding-masked), and optional
-output-level KD on the RNN-T joiner distribution (KL with temperature)."""
+identity-initialised projections (L1 + (1 - cosine), padding-masked)."""
 
 from __future__ import annotations
 
@@ -13,11 +12,11 @@ from torch.nn import functional as F
 
 @dataclass(frozen=True)
 class KDConfig:
+    # Not read here: the caller weights L_kd (kdprune/compress_stages.py's StudentLoss uses
+    # its own kd_weight). Kept only because that call site still passes it; remove with it.
     weight: float = 1.0  # kd_weight in L = L_rnnt + kd_weight * L_kd (0 turns KD off)
     taps: tuple[float, ...] = (0.25, 0.5, 0.75, 1.0)  # teacher layers as fractions of depth
     cosine_weight: float = 1.0  # L_kd per tap = L1 + cosine_weight * (1 - cos)
-    output_weight: float = 0.0  # weight of joiner-output KL inside L_kd (0: off)
-    temperature: float = 1.0  # softmax temperature of the output KD
 
 
 def tap_layers(num_layers: int, taps: tuple[float, ...]) -> list[int]:
@@ -67,22 +66,3 @@ class LayerKD(nn.Module):
             cos = (F.cosine_similarity(s, t, dim=-1, eps=1e-6) * valid).sum() / n
             total = total + l1 + self.cfg.cosine_weight * (1 - cos)
         return total / len(self.proj)
-
-
-def output_kd(
-    student_logits: torch.Tensor,
-    teacher_logits: torch.Tensor,
-    enc_lens: torch.Tensor,
-    target_lens: torch.Tensor,
-    temperature: float,
-) -> torch.Tensor:
-    """KL(teacher || student) over the valid (t, u) RNN-T lattice; logits (B, T, U+1, V)."""
-    tau = temperature
-    log_s = F.log_softmax(student_logits.float() / tau, -1)
-    log_t = F.log_softmax(teacher_logits.detach().float() / tau, -1)
-    kl = (log_t.exp() * (log_t - log_s)).sum(-1)  # (B, T, U+1)
-    b, t, u1 = kl.shape
-    valid = (torch.arange(t, device=kl.device)[None, :, None] < enc_lens[:, None, None]) & (
-        torch.arange(u1, device=kl.device)[None, None, :] <= target_lens[:, None, None]
-    )
-    return (kl * valid).sum() / valid.sum().clamp(min=1) * tau * tau

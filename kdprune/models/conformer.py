@@ -16,6 +16,7 @@ mask of shape (n_units,) or (1,).
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import NamedTuple
 
@@ -23,7 +24,15 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from kdprune.models.layers import make_linear
+from kdprune.models.layers import (
+    Count,
+    Keep,
+    Materialised,
+    Prunable,
+    copy_linear,
+    linear_params,
+    make_linear,
+)
 from kdprune.models.streaming import chunk_attention_mask
 
 LINEAR_NAMES = (
@@ -172,8 +181,10 @@ def _gate(h: torch.Tensor, gate: nn.Module | None, dim: int) -> torch.Tensor:
     return h * mask.view(shape)
 
 
-class FeedForward(nn.Module):
+class FeedForward(Prunable):
     """LayerNorm -> Linear(D, H) -> SiLU -> Linear(H, D); hidden units are gated."""
+
+    unit_kind = "ffn"
 
     def __init__(self, d_model: int, hidden: int, dropout: float, r1: int | None, r2: int | None):
         super().__init__()
@@ -181,17 +192,42 @@ class FeedForward(nn.Module):
         self.w1 = make_linear(d_model, hidden, r1, bias=True)
         self.w2 = make_linear(hidden, d_model, r2, bias=True)
         self.dropout = nn.Dropout(dropout)
-        self.unit_gate: nn.Module | None = None
-        self.module_gate: nn.Module | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = F.silu(self.w1(self.norm(x)))
         h = _gate(self.dropout(h), self.unit_gate, -1)
         return _gate(self.dropout(self.w2(h)), self.module_gate, -1)
 
+    @property
+    def num_units(self) -> int:
+        return self.w1.out_features
 
-class SelfAttention(nn.Module):
+    def linears(self) -> dict[str, nn.Module]:
+        return {"w1": self.w1, "w2": self.w2}
+
+    def params(self, units: Count, ranks: Mapping[str, Count] | None = None) -> Count:
+        r, d = ranks or {}, self.norm.normalized_shape[0]
+        return (
+            self.norm_params()
+            + linear_params(self.w1, d, units, r.get("w1"))
+            + linear_params(self.w2, units, d, r.get("w2"))
+        )
+
+    @torch.no_grad()
+    def materialise(self, keep: Keep, ranks: Mapping[str, Keep] | None = None) -> Materialised:
+        r, d, (idx, scale, g) = ranks or {}, self.norm.normalized_shape[0], keep
+        new = self.rebuilt(
+            r, lambda nr: FeedForward(d, len(idx), self.dropout.p, nr["w1"], nr["w2"])
+        )
+        copy_linear(self.w1, new.w1, out_idx=idx, rank=r.get("w1"))
+        copy_linear(self.w2, new.w2, in_idx=idx, in_scale=scale, out_scale=g, rank=r.get("w2"))
+        return Materialised(new, new.num_units, new.ranks())
+
+
+class SelfAttention(Prunable):
     """Multi-head self-attention with separate q/k/v projections; heads are gated."""
+
+    unit_kind = "heads"
 
     def __init__(self, cfg: ConformerConfig, dims: LayerDims) -> None:
         super().__init__()
@@ -209,8 +245,6 @@ class SelfAttention(nn.Module):
         )
         self.dropout = cfg.dropout
         self.out_dropout = nn.Dropout(cfg.dropout)
-        self.unit_gate: nn.Module | None = None
-        self.module_gate: nn.Module | None = None
 
     def position_bias(self, q_pos: torch.Tensor, k_pos: torch.Tensor) -> torch.Tensor | None:
         """(Tq,), (Tk,) absolute positions -> (H, Tq, Tk) bias."""
@@ -255,9 +289,55 @@ class SelfAttention(nn.Module):
         pos = torch.arange(x.shape[1], device=x.device)
         return self.attend(xn, xn, allowed, pos, pos)
 
+    @property
+    def num_units(self) -> int:
+        return self.num_heads
 
-class ConvModule(nn.Module):
+    def linears(self) -> dict[str, nn.Module]:
+        return {"q": self.q, "k": self.k, "v": self.v, "out": self.out}
+
+    def params(self, units: Count, ranks: Mapping[str, Count] | None = None) -> Count:
+        r, d = ranks or {}, self.norm.normalized_shape[0]
+        w = units * self.head_dim
+        qkv = sum(linear_params(getattr(self, n), d, w, r.get(n)) for n in "qkv")
+        rel = units * self.rel_bias.shape[1] if self.rel_bias is not None else 0
+        return self.norm_params() + qkv + linear_params(self.out, w, d, r.get("out")) + rel
+
+    @torch.no_grad()
+    def materialise(self, keep: Keep, ranks: Mapping[str, Keep] | None = None) -> Materialised:
+        r, (idx, scale, g), dh = ranks or {}, keep, self.head_dim
+        cfg = ConformerConfig(
+            d_model=self.norm.normalized_shape[0],
+            dropout=self.dropout,
+            pos_bias=self.rel_bias is not None,
+            max_rel_pos=self.max_rel_pos,
+        )
+
+        def build(nr: dict[str, int | None]) -> SelfAttention:
+            named = tuple((f"attn.{n}", v) for n, v in nr.items() if v is not None)
+            return SelfAttention(cfg, LayerDims(num_heads=len(idx), head_dim=dh, ranks=named))
+
+        new = self.rebuilt(r, build)
+        rows = (idx[:, None] * dh + torch.arange(dh, device=idx.device)[None]).reshape(-1)
+        for n in "qkv":
+            copy_linear(getattr(self, n), getattr(new, n), out_idx=rows, rank=r.get(n))
+        copy_linear(
+            self.out,
+            new.out,
+            in_idx=rows,
+            in_scale=scale.repeat_interleave(dh),
+            out_scale=g,
+            rank=r.get("out"),
+        )
+        if self.rel_bias is not None:
+            new.rel_bias.copy_(self.rel_bias[idx])
+        return Materialised(new, new.num_units, new.ranks())
+
+
+class ConvModule(Prunable):
     """LayerNorm -> pointwise (GLU) -> depthwise -> BatchNorm -> SiLU -> pointwise; channels gated."""
+
+    unit_kind = "conv"
 
     def __init__(self, cfg: ConformerConfig, dims: LayerDims) -> None:
         super().__init__()
@@ -269,8 +349,6 @@ class ConvModule(nn.Module):
         self.bn = nn.BatchNorm1d(c)
         self.pw2 = make_linear(c, d, dims.rank("conv.pw2"), bias=True)
         self.dropout = nn.Dropout(cfg.dropout)
-        self.unit_gate: nn.Module | None = None
-        self.module_gate: nn.Module | None = None
 
     @property
     def left_context(self) -> int:
@@ -292,6 +370,50 @@ class ConvModule(nn.Module):
         right = self.kernel_size - 1 - self.left_context
         h = F.pad(h, (self.left_context, right))
         return self.post(self.depthwise(h), valid)
+
+    @property
+    def num_units(self) -> int:
+        return self.channels
+
+    def linears(self) -> dict[str, nn.Module]:
+        return {"pw1": self.pw1, "pw2": self.pw2}
+
+    def params(self, units: Count, ranks: Mapping[str, Count] | None = None) -> Count:
+        r, d, dw = ranks or {}, self.norm.normalized_shape[0], self.depthwise
+        # depthwise kernel (+ bias) and batch-norm weight and bias of one channel
+        per_channel = dw.weight[0].numel() + (1 if dw.bias is not None else 0)
+        per_channel += 2 if self.bn.affine else 0
+        return (
+            self.norm_params()
+            + linear_params(self.pw1, d, 2 * units, r.get("pw1"))  # GLU: value + gate rows
+            + units * per_channel
+            + linear_params(self.pw2, units, d, r.get("pw2"))
+        )
+
+    @torch.no_grad()
+    def materialise(self, keep: Keep, ranks: Mapping[str, Keep] | None = None) -> Materialised:
+        r, (idx, scale, g) = ranks or {}, keep
+        cfg = ConformerConfig(
+            d_model=self.norm.normalized_shape[0],
+            kernel_size=self.kernel_size,
+            streaming=self.causal,
+            dropout=self.dropout.p,
+        )
+
+        def build(nr: dict[str, int | None]) -> ConvModule:
+            named = tuple((f"conv.{n}", v) for n, v in nr.items() if v is not None)
+            return ConvModule(cfg, LayerDims(conv_channels=len(idx), ranks=named))
+
+        new = self.rebuilt(r, build)
+        rows = torch.cat([idx, idx + self.channels])  # GLU value and gate rows of a channel
+        copy_linear(self.pw1, new.pw1, out_idx=rows, rank=r.get("pw1"))
+        new.depthwise.weight.copy_(self.depthwise.weight[idx])
+        if self.depthwise.bias is not None:
+            new.depthwise.bias.copy_(self.depthwise.bias[idx])
+        for name, t in self.bn.state_dict().items():
+            getattr(new.bn, name).copy_(t if t.dim() == 0 else t[idx])
+        copy_linear(self.pw2, new.pw2, in_idx=idx, in_scale=scale, out_scale=g, rank=r.get("pw2"))
+        return Materialised(new, new.num_units, new.ranks())
 
 
 class ConformerLayer(nn.Module):

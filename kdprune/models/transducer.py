@@ -45,7 +45,8 @@ class Normaliser(nn.Module):
 
 
 class Predictor(nn.Module):
-    """Label history -> (B, U, P). Input 0 is blank (start of sequence)."""
+    """Label history (B, U) ids -> (B, U, P) and the LSTM state. Blank (id `vocab_size`,
+    the last class) is the start-of-sequence input (`Transducer.predict` prepends it)."""
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
@@ -70,12 +71,13 @@ class Joiner(nn.Module):
         self.out = nn.Linear(cfg.joint_dim, cfg.num_classes)
 
     def forward(self, enc: torch.Tensor, pred: torch.Tensor) -> torch.Tensor:
-        """enc (B, T, J-projected or D), pred (B, U, P) -> (B, T, U, V+1)."""
+        """enc (B, T, D), pred (B, U, P) -> logits (B, T, U, V+1), blank last."""
         return self.out(torch.tanh(self.enc_proj(enc)[:, :, None] + self.pred_proj(pred)[:, None]))
 
 
 class Transducer(nn.Module):
-    """The ASR model. `params` counts what runs at inference (encoder+predictor+joiner)."""
+    """The ASR model. `num_params()` counts what runs at inference (encoder, predictor,
+    joiner; not the training-only CTC head)."""
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()

@@ -3,12 +3,16 @@ materialisation into a plain smaller model.
 
 Compress-trainer flow (l0):
     attach_gates(student, PruneConfig(...))
-    lag = Lagrangian(teacher.encoder.num_params(), cfg.target_sparsity, cfg.target_warmup_steps)
-    opt = AdamW(param_groups(student, lag, lr_weights, cfg.lr_gates, cfg.lr_lambda))
+    lag = Lagrangian(teacher.encoder.num_params(), target_sparsity, target_warmup_steps)
+    opt = AdamW(param_groups(student, lag, lr_weights, lr_gates, lr_lambda))
     per step: out = lagrangian_step(student, lag, step); loss = asr + kd + out.loss
     end: small = materialise(student)  # plain Transducer, save_model_dir-able
 LRF: factorise(student, rank_ratio) (or rank_ratio_for_sparsity(teacher, t) first);
 optionally attach_gates(student, PruneConfig(heads=False, ffn=False, conv=False, ranks=True)).
+
+Gates, the budget and materialisation find what they prune by type: every
+`kdprune.models.layers.Prunable` module (attention, FFN, conv) counts its own parameters
+and cuts itself down; `LowRankLinear` carries the rank gates.
 """
 
 from kdprune.pruning.budget import (

@@ -11,7 +11,12 @@ module's structural count,
     E[count] = p_g · (P(n > 0) · f(0) + f(E[n]) − f(0))
 is exact: a module (LayerNorm and output bias included) counts only while it stays, and
 products of interacting gates (a module gate times unit counts, unit counts times rank
-counts) appear as products of their expectations. Everything not inside a prunable module
+counts) appear as products of their expectations. Each `Prunable` module gives its own f
+(`params(units, ranks)`); this module only combines the gates. A rank gate's count is
+max(R, 1) for R components on, because its eval mask (min_keep = 1) and so `materialise`
+keep at least one: E[max(R, 1)] = ΣP + Π(1 − P) is exact, ≥ 1 and still differentiable
+(∂/∂P_i = 1 − Π_{j≠i}(1 − P_j), ≈ 1 while several components are likely on). Everything
+not inside a prunable module
 (the subsampling front end, each block's final LayerNorm) is a constant. Gate parameters
 are never counted. Without gates (a plain or factorised model) the count is exact, which is
 how LRF reports its size through the same interface.
@@ -31,17 +36,8 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
-from kdprune.models.conformer import ConvModule, FeedForward, SelfAttention
-from kdprune.models.layers import LowRankLinear
-from kdprune.pruning.gates import (
-    PRUNABLE,
-    encoder_of,
-    iter_gates,
-    num_units,
-    rank_gate,
-    unit_gate,
-    whole_gate,
-)
+from kdprune.models.layers import Count, Prunable
+from kdprune.pruning.gates import encoder_of, iter_gates, rank_gate, unit_gate, whole_gate
 from kdprune.pruning.hardconcrete import HardConcrete
 
 # gate -> (..., n) P(unit on), or 0/1; leading dims (e.g. many samples) broadcast through.
@@ -60,62 +56,33 @@ def sampled(gate: HardConcrete) -> torch.Tensor:
     return (gate.sample().detach() != 0).float()
 
 
-Count = torch.Tensor | float
+def rank_count(gate: HardConcrete, probs: Probs) -> torch.Tensor:
+    """Rank a gated factorised linear keeps: max(R, min_keep), R = components on. For 0/1
+    states that is the max itself; for probabilities it is the exact expectation (see the
+    module docstring). (...,) for (..., n) states."""
+    p = probs(gate)
+    if gate.min_keep == 0:
+        return p.sum(-1)
+    if gate.min_keep == 1:
+        return p.sum(-1) + torch.prod(1 - p, dim=-1)
+    raise NotImplementedError(f"counting a rank gate with min_keep={gate.min_keep} (> 1)")
 
 
-def _norm(module: nn.Module) -> int:
-    return sum(p.numel() for p in module.norm.parameters())
-
-
-def linear_params(lin: nn.Module, n_in: Count, n_out: Count, probs: Probs) -> Count:
-    """Parameters of a (possibly factorised, rank-gated) linear with n_in inputs kept and
-    n_out outputs kept."""
-    if isinstance(lin, LowRankLinear):
-        g = rank_gate(lin)
-        r = probs(g).sum(-1) if g is not None else lin.rank
-        return r * n_in + r * n_out + (n_out if lin.up.bias is not None else 0)
-    if isinstance(lin, nn.Linear):
-        return n_in * n_out + (n_out if lin.bias is not None else 0)
-    raise TypeError(f"cannot count {type(lin).__name__}")
-
-
-def structure_params(module: nn.Module, n: Count, probs: Probs) -> Count:
-    """Parameters of a prunable module with n units kept (heads, hidden units, channels)."""
-    d = module.norm.normalized_shape[0]
-    if isinstance(module, FeedForward):
-        return (
-            _norm(module)
-            + linear_params(module.w1, d, n, probs)
-            + linear_params(module.w2, n, d, probs)
-        )
-    if isinstance(module, SelfAttention):
-        w = n * module.head_dim
-        c = sum(linear_params(getattr(module, x), d, w, probs) for x in "qkv")
-        rel = n * module.rel_bias.shape[1] if module.rel_bias is not None else 0
-        return _norm(module) + c + linear_params(module.out, w, d, probs) + rel
-    if isinstance(module, ConvModule):
-        dw = module.depthwise
-        per_channel = dw.weight[0].numel() + (1 if dw.bias is not None else 0)
-        per_channel += 2 if module.bn.affine else 0
-        return (
-            _norm(module)
-            + linear_params(module.pw1, d, 2 * n, probs)
-            + n * per_channel
-            + linear_params(module.pw2, n, d, probs)
-        )
-    raise TypeError(type(module).__name__)
-
-
-def module_params(module: nn.Module, probs: Probs) -> Count:
+def module_params(module: Prunable, probs: Probs) -> Count:
     """Count of one prunable module under its gates (see the module docstring)."""
+    ranks = {
+        name: rank_count(g, probs)
+        for name, lin in module.linears().items()
+        if (g := rank_gate(lin)) is not None
+    }
     ug, wg = unit_gate(module), whole_gate(module)
     p_module = probs(wg).sum(-1) if wg is not None else 1.0
     if ug is None:
-        return p_module * structure_params(module, num_units(module), probs)
+        return p_module * module.params(module.num_units, ranks)
     p = probs(ug)
     any_on = 1 - torch.prod(1 - p, dim=-1)
-    f0 = structure_params(module, 0, probs)
-    return p_module * (any_on * f0 + structure_params(module, p.sum(-1), probs) - f0)
+    f0 = module.params(0, ranks)
+    return p_module * (any_on * f0 + module.params(p.sum(-1), ranks) - f0)
 
 
 def count_params(model: nn.Module, probs: Probs = expected) -> torch.Tensor:
@@ -123,7 +90,7 @@ def count_params(model: nn.Module, probs: Probs = expected) -> torch.Tensor:
     leading index when `probs` returns a batch of states (see the module docstring)."""
     enc = encoder_of(model)
     gated = {id(g.log_alpha) for g in iter_gates(enc)}
-    mods = [m for m in enc.modules() if isinstance(m, PRUNABLE)]
+    mods = [m for m in enc.modules() if isinstance(m, Prunable)]
     inside = {id(p) for m in mods for p in m.parameters()}
     const = sum(p.numel() for p in enc.parameters() if id(p) not in gated | inside)
     dev = next(enc.parameters()).device

@@ -1,11 +1,10 @@
 """Attach HardConcrete gates to a conformer encoder, found by module type (never by name).
 
-Each gate lives in the slot of the module it prunes (STYLE §2):
-  SelfAttention.unit_gate  — one unit per head (q/k/v rows, out-proj columns, rel_bias row);
-  FeedForward.unit_gate    — one unit per hidden unit (w1 rows, w2 columns);
-  ConvModule.unit_gate     — one unit per channel (GLU value+gate rows of pw1, depthwise,
-                             batch-norm, pw2 columns);
-  *.module_gate            — a `ModuleGate`: an optional whole-module HardConcrete, times
+Each gate lives in the slot of the module it prunes (STYLE §2); every `Prunable` module
+(`kdprune.models.layers`) has the same two slots, whatever its units are:
+  Prunable.unit_gate       — one unit per head (SelfAttention), hidden unit (FeedForward) or
+                             channel (ConvModule): `num_units` of them;
+  Prunable.module_gate     — a `ModuleGate`: an optional whole-module HardConcrete, times
                              "at least one unit is on" (a module whose units are all off is
                              removed at materialisation, so its output biases must vanish too);
   LowRankLinear.rank_gate  — one unit per rank component (LRF that learns its rank).
@@ -19,17 +18,17 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from kdprune.models.conformer import ConformerEncoder, ConvModule, FeedForward, SelfAttention
-from kdprune.models.layers import LowRankLinear
+from kdprune.models.conformer import ConformerEncoder
+from kdprune.models.layers import LowRankLinear, Prunable
 from kdprune.pruning.hardconcrete import HardConcrete
-
-PRUNABLE = (SelfAttention, FeedForward, ConvModule)
 
 
 @dataclass(frozen=True)
 class PruneConfig:
-    """What an l0 run gates and how its budget is scheduled (DESIGN §4 defaults)."""
+    """Which gates an l0 / LRF run attaches (DESIGN §4 defaults)."""
 
+    # Not read by attach_gates: the Lagrangian takes the target and its warm-up. Kept only
+    # because kdprune/compress_stages.py still passes them; remove with that call site.
     target_sparsity: float = 0.5  # fraction of the teacher's encoder params to remove
     target_warmup_steps: int = 1000  # target rises linearly from 0 to target over these steps
     heads: bool = True  # gate attention heads
@@ -38,10 +37,10 @@ class PruneConfig:
     modules: bool = False  # also gate whole attention / FFN / conv modules
     ranks: bool = False  # gate rank components of factorised (LRF) linears
     init_keep: float = 0.95  # initial P(gate > 0) of every unit
-    lr_gates: float = 0.02  # AdamW LR of the gates' log α
-    lr_lambda: float = 0.02  # magnitude of the Lagrange multipliers' (ascent) LR
-    round_heads: int = 1  # at materialisation, round kept heads up to a multiple of this
-    round_units: int = 1  # ... and kept FFN units / conv channels to a multiple of this
+
+    def gates_units(self, module: Prunable) -> bool:
+        """Whether this config gates the units of `module` (by its `unit_kind`)."""
+        return {"heads": self.heads, "ffn": self.ffn, "conv": self.conv}[module.unit_kind]
 
 
 class ModuleGate(nn.Module):
@@ -76,25 +75,6 @@ def encoder_of(model: nn.Module) -> ConformerEncoder:
     raise TypeError(f"{type(model).__name__} has no ConformerEncoder to prune")
 
 
-def num_units(module: nn.Module) -> int:
-    """Units a prunable module's unit gate covers."""
-    if isinstance(module, SelfAttention):
-        return module.num_heads
-    if isinstance(module, FeedForward):
-        return module.w1.out_features
-    if isinstance(module, ConvModule):
-        return module.channels
-    raise TypeError(type(module).__name__)
-
-
-def _wants_units(module: nn.Module, cfg: PruneConfig) -> bool:
-    return (
-        (isinstance(module, SelfAttention) and cfg.heads)
-        or (isinstance(module, FeedForward) and cfg.ffn)
-        or (isinstance(module, ConvModule) and cfg.conv)
-    )
-
-
 def attach_gates(model: nn.Module, cfg: PruneConfig = PruneConfig()) -> list[HardConcrete]:
     """Fill the gate slots of `model`'s encoder as `cfg` asks; returns the new gates.
 
@@ -107,8 +87,8 @@ def attach_gates(model: nn.Module, cfg: PruneConfig = PruneConfig()) -> list[Har
     device = next(enc.parameters()).device
     new: list[HardConcrete] = []
     for m in enc.modules():
-        if isinstance(m, PRUNABLE):
-            units = HardConcrete(num_units(m), cfg.init_keep) if _wants_units(m, cfg) else None
+        if isinstance(m, Prunable):
+            units = HardConcrete(m.num_units, cfg.init_keep) if cfg.gates_units(m) else None
             whole = HardConcrete(1, cfg.init_keep) if cfg.modules else None
             m.unit_gate = units
             if units is not None or whole is not None:
@@ -128,7 +108,7 @@ def attach_gates(model: nn.Module, cfg: PruneConfig = PruneConfig()) -> list[Har
 def remove_gates(model: nn.Module) -> None:
     """Empty every gate slot (the model becomes a plain model of unchanged size)."""
     for m in encoder_of(model).modules():
-        if isinstance(m, PRUNABLE):
+        if isinstance(m, Prunable):
             m.unit_gate = None
             m.module_gate = None
         elif isinstance(m, LowRankLinear):
@@ -140,10 +120,6 @@ def iter_gates(model: nn.Module) -> Iterator[HardConcrete]:
     for m in model.modules():
         if isinstance(m, HardConcrete):
             yield m
-
-
-def gate_parameters(model: nn.Module) -> list[nn.Parameter]:
-    return [g.log_alpha for g in iter_gates(model)]
 
 
 def unit_gate(module: nn.Module) -> HardConcrete | None:

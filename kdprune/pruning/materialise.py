@@ -8,6 +8,8 @@ reads it, so the materialised model computes what the masked model computes in e
                            batch-norm weight/bias/running stats kept, pw2 column c × m_c;
   whole-module gate g   -> the module's last projection (weight and bias) × g;
   rank component i      -> down row i kept, up column i × m_i.
+Each `Prunable` module does its own cutting (`Prunable.materialise`); this module decides
+what stays (from the gates) and assembles the new encoder from the modules' new dims.
 A module with no unit left (or its module gate off) is removed: dims 0 in `LayerDims`.
 The result has no gate slots filled and a config with the new per-layer dims, so it saves
 with `save_model_dir` and loads with `load_model_dir` without any pruning code.
@@ -22,40 +24,19 @@ from __future__ import annotations
 
 import copy
 import math
-from typing import NamedTuple
+from dataclasses import replace
 
 import torch
 from torch import nn
 
-from kdprune.models.conformer import (
-    LINEAR_NAMES,
-    ConformerConfig,
-    ConformerEncoder,
-    ConvModule,
-    FeedForward,
-    LayerDims,
-    SelfAttention,
-)
-from kdprune.models.layers import LowRankLinear
+from kdprune.models.conformer import LINEAR_NAMES, ConformerConfig, ConformerEncoder, LayerDims
+from kdprune.models.layers import Keep, LowRankLinear, Materialised, Prunable
 from kdprune.pruning.budget import Lagrangian
-from kdprune.pruning.gates import encoder_of, num_units, rank_gate, unit_gate, whole_gate
+from kdprune.pruning.gates import encoder_of, rank_gate, unit_gate, whole_gate
 from kdprune.pruning.lrf import _set_encoder_cfg
 
-_MODULES = ("ffn1", "attn", "conv", "ffn2")
-_LINEARS = {
-    "ffn1": ("w1", "w2"),
-    "ffn2": ("w1", "w2"),
-    "attn": ("q", "k", "v", "out"),
-    "conv": ("pw1", "pw2"),
-}
-
-
-class Keep(NamedTuple):
-    """Which units of a module stay and the factor each is folded in with."""
-
-    idx: torch.Tensor  # (k,) kept unit indices, ascending
-    scale: torch.Tensor  # (k,) fold factors (eval-mask values; 0 for rounding padding)
-    out_scale: float  # whole-module gate value (1.0 without one)
+# A conformer layer's prunable module slot -> its unit count's field in LayerDims.
+_DIM_FIELDS = {"ffn1": "ffn1_dim", "attn": "num_heads", "conv": "conv_channels", "ffn2": "ffn2_dim"}
 
 
 def _select(gate, n: int, multiple: int, device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -71,117 +52,51 @@ def _select(gate, n: int, multiple: int, device) -> tuple[torch.Tensor, torch.Te
     return idx, mask[idx]
 
 
-def module_keep(module: nn.Module, multiple: int = 1) -> Keep | None:
+def module_keep(module: Prunable, multiple: int = 1) -> Keep | None:
     """What `materialise` keeps of a prunable module; None when it is removed."""
     device = module.norm.weight.device
     g = whole_gate(module)
     out_scale = float(g.eval_mask()[0]) if g is not None else 1.0
-    idx, scale = _select(unit_gate(module), num_units(module), multiple, device)
+    idx, scale = _select(unit_gate(module), module.num_units, multiple, device)
     if out_scale == 0.0 or len(idx) == 0:
         return None
     return Keep(idx, scale, out_scale)
 
 
-def _rank_keep(lin: LowRankLinear) -> tuple[torch.Tensor, torch.Tensor]:
-    return _select(rank_gate(lin), lin.rank, 1, lin.up.weight.device)
+def rank_keeps(module: Prunable) -> dict[str, Keep]:
+    """Kept rank components of each rank-gated projection of `module`, by attribute name."""
+    out = {}
+    for name, lin in module.linears().items():
+        g = rank_gate(lin) if isinstance(lin, LowRankLinear) else None
+        if g is not None:
+            out[name] = Keep(*_select(g, lin.rank, 1, lin.up.weight.device))
+    return out
 
 
-def _rank(lin: nn.Module) -> int | None:
-    return len(_rank_keep(lin)[0]) if isinstance(lin, LowRankLinear) else None
+def materialise_module(
+    module: Prunable, round_heads: int = 1, round_units: int = 1
+) -> Materialised | None:
+    """The plain module that replaces `module` at materialisation; None when removed."""
+    keep = module_keep(module, round_heads if module.unit_kind == "heads" else round_units)
+    return None if keep is None else module.materialise(keep, rank_keeps(module))
+
+
+def prunable_modules(layer: nn.Module) -> dict[str, Prunable]:
+    """A conformer layer's prunable modules by slot name (removed ones are absent)."""
+    return {n: m for n, m in layer.named_children() if isinstance(m, Prunable)}
+
+
+def _layer_dims(dims: LayerDims, new: dict[str, Materialised | None]) -> LayerDims:
+    units = {_DIM_FIELDS[n]: (m.units if m is not None else 0) for n, m in new.items()}
+    ranks = {f"{n}.{lin}": r for n, m in new.items() if m is not None for lin, r in m.ranks.items()}
+    return replace(dims, **units, ranks=tuple((n, ranks[n]) for n in LINEAR_NAMES if n in ranks))
 
 
 def materialised_config(
     model: nn.Module, round_heads: int = 1, round_units: int = 1
 ) -> ConformerConfig:
-    """The encoder config `materialise` produces (no weights are copied)."""
-    enc = encoder_of(model)
-    layers = []
-    for layer in enc.layers:
-        dims, ranks = {}, {}
-        for name in _MODULES:
-            mod = getattr(layer, name)
-            keep = module_keep(mod, round_heads if name == "attn" else round_units) if mod else None
-            dims[name] = 0 if keep is None else len(keep.idx)
-            for lin in _LINEARS[name] if keep is not None else ():
-                r = _rank(getattr(mod, lin))
-                if r is not None:
-                    ranks[f"{name}.{lin}"] = r
-        layers.append(
-            LayerDims(
-                num_heads=dims["attn"],
-                head_dim=layer.dims.head_dim,
-                ffn1_dim=dims["ffn1"],
-                ffn2_dim=dims["ffn2"],
-                conv_channels=dims["conv"],
-                ranks=tuple((n, ranks[n]) for n in LINEAR_NAMES if n in ranks),
-            )
-        )
-    return enc.cfg.with_layers(tuple(layers))
-
-
-@torch.no_grad()
-def _copy_linear(
-    old: nn.Module,
-    new: nn.Module,
-    in_idx: torch.Tensor | None = None,
-    in_scale: torch.Tensor | None = None,
-    out_idx: torch.Tensor | None = None,
-    out_scale: float = 1.0,
-) -> None:
-    """Copy a (factorised) linear keeping input columns `in_idx` (× in_scale), output rows
-    `out_idx`, the kept rank components (× their gate values), output × out_scale."""
-    if isinstance(old, LowRankLinear):
-        rk, rs = _rank_keep(old)
-        down, up = old.down.weight[rk], old.up.weight[:, rk] * rs[None, :]
-        bias = old.up.bias
-        dst_w, dst_b = (new.down.weight, new.up.weight), new.up.bias
-    else:
-        down, up, bias = None, old.weight, old.bias
-        dst_w, dst_b = (None, new.weight), new.bias
-    first = down if down is not None else up  # the factor that reads the input
-    if in_idx is not None:
-        first = first[:, in_idx] * in_scale[None, :]
-    if down is not None:
-        down = first
-    else:
-        up = first
-    if out_idx is not None:
-        up = up[out_idx]
-        bias = bias[out_idx] if bias is not None else None
-    if down is not None:
-        dst_w[0].copy_(down)
-    dst_w[1].copy_(up * out_scale)
-    if bias is not None:
-        dst_b.copy_(bias * out_scale)
-
-
-@torch.no_grad()
-def _copy_module(old: nn.Module, new: nn.Module, keep: Keep) -> None:
-    new.norm.load_state_dict(old.norm.state_dict())
-    idx, scale, g = keep
-    if isinstance(old, FeedForward):
-        _copy_linear(old.w1, new.w1, out_idx=idx)
-        _copy_linear(old.w2, new.w2, in_idx=idx, in_scale=scale, out_scale=g)
-    elif isinstance(old, SelfAttention):
-        dh = old.head_dim
-        rows = (idx[:, None] * dh + torch.arange(dh, device=idx.device)[None]).reshape(-1)
-        for name in "qkv":
-            _copy_linear(getattr(old, name), getattr(new, name), out_idx=rows)
-        _copy_linear(
-            old.out, new.out, in_idx=rows, in_scale=scale.repeat_interleave(dh), out_scale=g
-        )
-        if old.rel_bias is not None:
-            new.rel_bias.copy_(old.rel_bias[idx])
-    elif isinstance(old, ConvModule):
-        _copy_linear(old.pw1, new.pw1, out_idx=torch.cat([idx, idx + old.channels]))
-        new.depthwise.weight.copy_(old.depthwise.weight[idx])
-        if old.depthwise.bias is not None:
-            new.depthwise.bias.copy_(old.depthwise.bias[idx])
-        for name, t in old.bn.state_dict().items():
-            getattr(new.bn, name).copy_(t if t.dim() == 0 else t[idx])
-        _copy_linear(old.pw2, new.pw2, in_idx=idx, in_scale=scale, out_scale=g)
-    else:
-        raise TypeError(type(old).__name__)
+    """The encoder config `materialise` produces."""
+    return materialise_encoder(encoder_of(model), round_heads, round_units).cfg
 
 
 @torch.no_grad()
@@ -189,20 +104,22 @@ def materialise_encoder(
     encoder: ConformerEncoder, round_heads: int = 1, round_units: int = 1
 ) -> ConformerEncoder:
     """A plain ConformerEncoder equal (in eval mode) to the gated/factorised `encoder`."""
-    cfg = materialised_config(encoder, round_heads, round_units)
+    new_mods = [
+        {n: materialise_module(m, round_heads, round_units) for n, m in prunable_modules(x).items()}
+        for x in encoder.layers
+    ]
+    layers = (_layer_dims(d, m) for d, m in zip(encoder.cfg.layers, new_mods, strict=True))
+    cfg = encoder.cfg.with_layers(tuple(layers))
     p = next(encoder.parameters())
     with torch.device(p.device):
-        new = ConformerEncoder(cfg)
+        new = ConformerEncoder(cfg)  # built from the config alone, so the config rebuilds it
     new.to(p.dtype)
     new.subsampling.load_state_dict(encoder.subsampling.state_dict())
-    for old_l, new_l in zip(encoder.layers, new.layers, strict=True):
+    for old_l, new_l, mods in zip(encoder.layers, new.layers, new_mods, strict=True):
         new_l.final_norm.load_state_dict(old_l.final_norm.state_dict())
-        for name in _MODULES:
-            old_m, new_m = getattr(old_l, name), getattr(new_l, name)
-            if new_m is None:
-                continue
-            multiple = round_heads if name == "attn" else round_units
-            _copy_module(old_m, new_m, module_keep(old_m, multiple))
+        for name, m in mods.items():
+            if m is not None:
+                getattr(new_l, name).load_state_dict(m.module.state_dict())
     return new.train(encoder.training)
 
 
@@ -229,12 +146,9 @@ def copy_truncated_layer(old: nn.Module, new: nn.Module) -> None:
     """Copy a plain conformer layer into a narrower one of the same d_model, keeping the
     first heads / FFN units / conv channels of each module (no selection criterion)."""
     new.final_norm.load_state_dict(old.final_norm.state_dict())
-    for name in _MODULES:
-        old_m, new_m = getattr(old, name), getattr(new, name)
-        if new_m is None:
-            continue
-        k = num_units(new_m)
-        if old_m is None or k > num_units(old_m):
-            raise ValueError(f"{name}: cannot truncate {old_m and num_units(old_m)} units to {k}")
-        idx = torch.arange(k, device=new_m.norm.weight.device)
-        _copy_module(old_m, new_m, Keep(idx, torch.ones(k, device=idx.device), 1.0))
+    for name, new_m in prunable_modules(new).items():
+        old_m, k = getattr(old, name), new_m.num_units
+        if old_m is None or k > old_m.num_units:
+            raise ValueError(f"{name}: cannot truncate {old_m and old_m.num_units} units to {k}")
+        keep = Keep.first(k, new_m.norm.weight.device)
+        new_m.load_state_dict(old_m.materialise(keep).module.state_dict())
