@@ -113,6 +113,83 @@ def eval_params(model: nn.Module) -> int:
         return round(float(count_params(model, at_eval_mask)))
 
 
+class BudgetFit(NamedTuple):
+    gate_params: int  # encoder params the gates' own eval masks keep
+    params: int  # encoder params materialisation keeps now
+    adjusted: bool  # the eval masks were replaced by the top-scoring units
+    threshold: float | None = None  # when adjusted: every unit with log α >= it is kept
+
+
+def _keep_at(gates: list[HardConcrete], tau: float | None) -> None:
+    """Eval masks keep every unit with log α >= tau (None: the gates' own rule)."""
+    for g in gates:
+        g.keep_override = None if tau is None else int((g.log_alpha.detach() >= tau).sum())
+
+
+def min_params(model: nn.Module) -> int:
+    """The fewest encoder parameters the gates can reach (every gate off; rank gates keep
+    one component): a budget below this cannot be met."""
+    gates = list(iter_gates(encoder_of(model)))
+    _keep_at(gates, float("inf"))
+    try:
+        return eval_params(model)
+    finally:
+        _keep_at(gates, None)
+
+
+def fit_to_budget(model: nn.Module, budget: float, tolerance: float) -> BudgetFit:
+    """Make the eval masks (and so `materialise`) meet a parameter budget.
+
+    When the gates' own eval masks keep a count within `tolerance` of `budget`, nothing
+    changes. Otherwise (gates that have not converged in the steps given) every gate keeps
+    the units whose score log α is at least one global threshold τ — log α − shift is the
+    logit of P(unit on), comparable across gates — with τ the lowest (most units kept)
+    whose count stays within the budget. Raises ValueError when even every gate off
+    exceeds the budget.
+    """
+    gates = list(iter_gates(encoder_of(model)))
+    _keep_at(gates, None)
+    own = eval_params(model)
+    if abs(own - budget) <= tolerance or not gates:
+        return BudgetFit(own, own, False)
+    floor = min_params(model)
+    if floor > budget:
+        raise ValueError(
+            f"a budget of {budget:,.0f} encoder params cannot be met: with every gate off "
+            f"{floor:,} remain (front end, norms and ungated parts); lower the target sparsity"
+        )
+    scores = torch.cat([g.log_alpha.detach().float().flatten() for g in gates])
+    taus = torch.unique(scores).flip(0).tolist()  # descending: more units kept down the list
+    lo, hi = -1, len(taus) - 1  # taus[:lo+1] fit (lo = -1: only "all off", which fits)
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        _keep_at(gates, taus[mid])
+        if eval_params(model) <= budget:
+            lo = mid
+        else:
+            hi = mid - 1
+    tau = taus[lo] if lo >= 0 else float("inf")
+    _keep_at(gates, tau)
+    # The next threshold may add a large unit (a head) that overshoots: fill what is left
+    # with the next-best units of other gates that still fit, best score first.
+    nxt = sorted(
+        ((float(g.log_alpha.detach().sort(descending=True).values[g.keep_override]), i)
+         for i, g in enumerate(gates) if g.keep_override < g.n),
+        reverse=True,
+    )  # fmt: skip
+    for _, i in nxt[:_FILL_TRIES]:
+        g = gates[i]
+        while g.keep_override < g.n:
+            g.keep_override += 1
+            if eval_params(model) > budget:
+                g.keep_override -= 1
+                break
+    return BudgetFit(own, eval_params(model), True, tau)
+
+
+_FILL_TRIES = 64  # gates tried when filling the slack below the budget
+
+
 def expected_sparsity(model: nn.Module, teacher_params: int) -> torch.Tensor:
     """ŝ = 1 − expected encoder params ÷ the teacher's encoder params."""
     return 1 - expected_params(model) / teacher_params

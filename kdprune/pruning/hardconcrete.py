@@ -54,6 +54,9 @@ class HardConcrete(nn.Module):
         # The mask of the latest call: a module gate checks whether any unit is on
         # in the same sample (see kdprune.pruning.gates.ModuleGate).
         self.last_mask: torch.Tensor | None = None
+        # k of the eval mask when set (kdprune.pruning.budget.fit_to_budget), instead of
+        # round(expected L0): materialisation then keeps exactly the budget's units.
+        self.keep_override: int | None = None
 
     def extra_repr(self) -> str:
         return f"n={self.n}, min_keep={self.min_keep}"
@@ -97,8 +100,9 @@ class HardConcrete(nn.Module):
 
     @torch.no_grad()
     def num_kept(self) -> int:
-        """k of the eval mask: round(expected L0), at least `min_keep`."""
-        return max(self.min_keep, min(self.n, round(float(self.l0()))))
+        """k of the eval mask: round(expected L0) (or `keep_override`), at least `min_keep`."""
+        k = self.keep_override if self.keep_override is not None else round(float(self.l0()))
+        return max(self.min_keep, min(self.n, k))
 
     @torch.no_grad()
     def eval_mask(self) -> torch.Tensor:
