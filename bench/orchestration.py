@@ -65,7 +65,16 @@ def _demo_model_and_batch(seed: int = 0):
 
     p = get_preset("demo")
     torch.manual_seed(seed)
-    model = Transducer(ModelConfig(p.vocab_size, p.features, p.encoder, p.pred_dim, 1, p.joint_dim))
+    model = Transducer(
+        ModelConfig(
+            vocab_size=p.vocab_size,
+            features=p.features,
+            encoder=p.encoder,
+            pred_dim=p.pred_dim,
+            pred_layers=1,
+            joint_dim=p.joint_dim,
+        )
+    )
     g = torch.Generator().manual_seed(seed)
     b, t, u = 8, 300, 12
     batch = Batch(

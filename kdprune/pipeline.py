@@ -25,7 +25,7 @@ from kdprune.data.features import (
     spec_augment,
 )
 from kdprune.data.manifest import read_manifest
-from kdprune.data.synth import synth_config, synth_corpus
+from kdprune.data.synth import SPLITS, synth_config, synth_corpus
 from kdprune.data.tokenizer import Tokenizer, train_tokenizer
 from kdprune.eval.evaluate import evaluate, model_latency, wer_on
 from kdprune.eval.streaming_eval import stream_transcribe
@@ -40,7 +40,6 @@ from kdprune.train.loop import fit
 from kdprune.train.losses import asr_loss
 from kdprune.utils import config_hash, log, read_json, write_json
 
-SPLITS = ("train", "dev", "test")
 SHIPPED_DEMO_TEACHER = Path(__file__).parent / "assets" / "demo_teacher"
 
 

@@ -24,8 +24,9 @@ from dataclasses import replace
 from pathlib import Path
 
 from kdprune.compress import CompressConfig, compress
+from kdprune.eval.evaluate import model_latency
 from kdprune.models.model_dir import load_model_dir
-from kdprune.pipeline import finetune
+from kdprune.prepare import prepare
 from kdprune.pruning.lrf import rank_ratio_for_sparsity
 from kdprune.utils import atomic_write_text, default_workdir, emit_result, log, write_json
 
@@ -81,20 +82,11 @@ def main() -> int:
     )
     args = ap.parse_args()
     workdir = (args.workdir or default_workdir()).resolve()
-    teacher_dir = (args.teacher or Path(finetune(args.preset, workdir)["model_dir"])).resolve()
-    teacher = load_model_dir(teacher_dir)
+    data = prepare(args.preset, workdir, teacher=args.teacher)
+    teacher_dir, teacher = data.teacher_dir.resolve(), data.teacher
     rank_ratio = rank_ratio_for_sparsity(teacher.model, args.budget)
     # Teacher latency measured here, like every student's, so the column compares like with like.
-    from kdprune.data.features import load_features
-    from kdprune.eval.evaluate import model_latency
-    from kdprune.pipeline import resolve_manifests
-
-    test = load_features(
-        resolve_manifests(args.preset, workdir, None)["test"],
-        teacher.config.features,
-        workdir / "features",
-    )
-    t_lat = model_latency(teacher.model, test, teacher.tokenizer)["latency_ms_per_audio_s"]
+    t_lat = model_latency(teacher.model, data.test, teacher.tokenizer)["latency_ms_per_audio_s"]
     log(
         f"budget: {args.budget:.0%} of encoder params removed; LRF rank_ratio {rank_ratio:.3f} matches it"
     )

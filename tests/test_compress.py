@@ -8,9 +8,13 @@ import torch
 
 from kdprune.analysis.loading import FINAL_METRICS
 from kdprune.compress import CompressConfig, check_compress_config, compress
+from kdprune.compress.config import TrainerContext, compress_recipe
+from kdprune.compress.stage import Stage, StageEnv, run_stage
+from kdprune.compress.student import build_student
 from kdprune.distill.kd import KDConfig, LayerKD
 from kdprune.models.conformer import lengths_to_mask
 from kdprune.models.model_dir import load_model_dir
+from kdprune.prepare import prepare
 
 
 @pytest.mark.parametrize("streaming", [False, True])
@@ -69,27 +73,33 @@ def test_kd_loss_zero_when_student_equals_teacher(tiny_teacher, tiny_workdir, ti
     assert float(loss) < 1e-5
 
 
-def test_teacher_receives_no_gradient(tiny_teacher, tiny_workdir, tiny_manifests):
-    from kdprune.compress_stages import StudentLoss
-    from kdprune.data.batching import collate
-    from kdprune.pipeline import features
-    from kdprune.presets import get_preset
-
-    t = load_model_dir(tiny_teacher["model_dir"])
-    for p in t.model.parameters():
-        p.requires_grad_(False)
-    student = copy.deepcopy(t.model)
-    for p in student.parameters():
-        p.requires_grad_(True)
-    fs = features(tiny_manifests, get_preset("tiny"), tiny_workdir, "train")
-    b = collate(fs, [0, 1], t.tokenizer)
-    module = StudentLoss(student, t.model, None, kd_weight=1.0, use_asr=True, ctc_weight=0.3)
-    with torch.no_grad():
-        hidden = t.model.encode(b.feats, b.feat_lens, return_hidden=True).hidden
-    loss, _ = module(b, hidden, 0)
-    loss.backward()
-    assert all(p.grad is None for p in t.model.parameters())
+def test_teacher_receives_no_gradient_in_a_real_stage(tiny_teacher, tiny_workdir, tmp_path):
+    """One real pruning step (l0, RNN-T + KD) through the compression stage, handed a
+    teacher nobody froze (train mode, requires_grad on): the stage gives it no gradient
+    and leaves its weights and BatchNorm statistics as they were; the student trains."""
+    data = prepare("tiny", tiny_workdir, teacher=tiny_teacher["model_dir"])
+    teacher = data.teacher.model.train().requires_grad_(True)
+    teacher_before = copy.deepcopy(teacher.state_dict())
+    cfg = CompressConfig(preset="tiny", method="l0", kd_weight=1.0)
+    recipe = compress_recipe(cfg)
+    student, state = build_student(cfg, teacher, recipe)
+    student_before = copy.deepcopy(student.encoder.state_dict())
+    env = StageEnv(
+        teacher=teacher,
+        data=data,
+        recipe=recipe,
+        ctx=TrainerContext(),
+        ckpt=tmp_path / "ckpt",
+        target_sparsity=cfg.target_sparsity,
+    )
+    run_stage(Stage(name="prune", steps=1, use_asr=True, kd_weight=1.0), student, state, env)
+    assert all(p.grad is None for p in teacher.parameters())
+    assert all(torch.equal(v, teacher_before[k]) for k, v in teacher.state_dict().items())
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in student.encoder.parameters())
+    changed = [
+        k for k, v in student.encoder.state_dict().items() if not torch.equal(v, student_before[k])
+    ]
+    assert changed
 
 
 @pytest.mark.parametrize(

@@ -11,7 +11,15 @@ from kdprune.models.torchaudio_import import import_torchaudio_conformer
 
 def tiny_cfg(**kw) -> ConformerConfig:
     return ConformerConfig.uniform(
-        2, 32, 4, 48, subsampling=4, subsampling_channels=8, kernel_size=7, dropout=0.0, **kw
+        num_layers=2,
+        d_model=32,
+        num_heads=4,
+        ffn_dim=48,
+        subsampling=4,
+        subsampling_channels=8,
+        kernel_size=7,
+        dropout=0.0,
+        **kw,
     )
 
 
@@ -69,7 +77,10 @@ def test_per_layer_dims_and_removed_modules():
         d_model=32,
         subsampling_channels=8,
         kernel_size=7,
-        layers=(LayerDims(2, 8, 16, 0, 8), LayerDims(0, 8, 0, 24, 0)),
+        layers=(
+            LayerDims(num_heads=2, head_dim=8, ffn1_dim=16, ffn2_dim=0, conv_channels=8),
+            LayerDims(num_heads=0, head_dim=8, ffn1_dim=0, ffn2_dim=24, conv_channels=0),
+        ),
     )
     enc = ConformerEncoder(cfg).eval()
     assert enc.layers[0].ffn2 is None and enc.layers[1].attn is None and enc.layers[1].conv is None

@@ -11,7 +11,7 @@ import soundfile as sf
 from kdprune.data.audio import SAMPLE_RATE, load_audio
 from kdprune.data.librispeech import import_librispeech
 from kdprune.data.manifest import read_manifest
-from kdprune.data.synth import Voice, speak
+from kdprune.data.tts import Voice, speak
 
 # subset -> [(speaker, chapter, [transcripts])]
 TREE = {
@@ -23,7 +23,7 @@ TREE = {
 
 def _build(root: Path) -> dict[str, list[tuple[Path, str]]]:
     """Write the tree under root/LibriSpeech -> subset -> [(flac, transcript)]."""
-    voice = Voice("espeak-ng", "en-us", "m1", 1.3, 1.0)
+    voice = Voice(engine="espeak-ng", name="en-us", variant="m1", rate=1.3, pitch=1.0)
     made: dict[str, list[tuple[Path, str]]] = {}
     for subset, chapters in TREE.items():
         for spk, chap, texts in chapters:

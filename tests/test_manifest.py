@@ -18,13 +18,16 @@ from kdprune.data.manifest import (
     read_manifest,
     write_manifest,
 )
-from kdprune.data.synth import Voice, speak
+from kdprune.data.tts import Voice, speak
 
 
 @pytest.fixture(scope="module")
 def speech() -> np.ndarray:
     """About a second of real speech at 16 kHz."""
-    return speak(Voice("espeak-ng", "en-us", "m1", 1.0, 1.0), "turn on the kitchen lights")
+    return speak(
+        Voice(engine="espeak-ng", name="en-us", variant="m1", rate=1.0, pitch=1.0),
+        "turn on the kitchen lights",
+    )
 
 
 @pytest.fixture()

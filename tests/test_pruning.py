@@ -29,10 +29,10 @@ ALL_GATES = PruneConfig(modules=True, ranks=True)
 
 def tiny_cfg(streaming: bool = False, layers=None, **kw) -> ConformerConfig:
     cfg = ConformerConfig.uniform(
-        2,
-        32,
-        4,
-        48,
+        num_layers=2,
+        d_model=32,
+        num_heads=4,
+        ffn_dim=48,
         subsampling=4,
         subsampling_channels=8,
         kernel_size=7,
@@ -111,7 +111,11 @@ def test_hardconcrete_fp32_under_autocast():
 
 @pytest.mark.parametrize("lrf", [False, True])
 def test_count_of_plain_model_is_exact(lrf):
-    dims = (LayerDims(2, 8, 16, 0, 8), LayerDims(0, 8, 0, 24, 0), LayerDims())
+    dims = (
+        LayerDims(num_heads=2, head_dim=8, ffn1_dim=16, ffn2_dim=0, conv_channels=8),
+        LayerDims(num_heads=0, head_dim=8, ffn1_dim=0, ffn2_dim=24, conv_channels=0),
+        LayerDims(),
+    )
     model = tiny_model(layers=dims)
     if lrf:
         factorise(model, 0.3)

@@ -176,7 +176,14 @@ def test_other_atomic_writes_on_full_disk_leave_no_temp(tiny_tmpfs, tmp_path):
     texts = ["turn on the kitchen lights", "set a timer for ten minutes", "play music"] * 20
     tok = train_tokenizer(texts, tmp_path / "tok" / "tokenizer.model", vocab_size=32)
     enc = ConformerConfig.uniform(
-        1, 16, 2, 32, subsampling=4, subsampling_channels=4, kernel_size=3, max_rel_pos=8
+        num_layers=1,
+        d_model=16,
+        num_heads=2,
+        ffn_dim=32,
+        subsampling=4,
+        subsampling_channels=4,
+        kernel_size=3,
+        max_rel_pos=8,
     )
     cfg = ModelConfig(vocab_size=tok.vocab_size, encoder=enc, pred_dim=8, joint_dim=8)
     torch.manual_seed(0)

@@ -193,7 +193,14 @@ def hostile(tmp_path, escape_dir) -> Hostile:
     # A tiny random model directory for `kdprune evaluate`.
     tok = train_tokenizer(texts * 10, tmp_path / "tok" / "tokenizer.model", vocab_size=24)
     enc = ConformerConfig.uniform(
-        1, 16, 2, 32, subsampling=4, subsampling_channels=4, kernel_size=3, max_rel_pos=8
+        num_layers=1,
+        d_model=16,
+        num_heads=2,
+        ffn_dim=32,
+        subsampling=4,
+        subsampling_channels=4,
+        kernel_size=3,
+        max_rel_pos=8,
     )
     torch.manual_seed(0)
     cfg = ModelConfig(vocab_size=tok.vocab_size, encoder=enc, pred_dim=8, joint_dim=8)

@@ -13,10 +13,10 @@ from kdprune.models.streaming import StreamingEncoder
 def test_streaming_equals_masked_full_sequence(subsampling, chunk, left, piece):
     torch.manual_seed(0)
     cfg = ConformerConfig.uniform(
-        3,
-        32,
-        4,
-        48,
+        num_layers=3,
+        d_model=32,
+        num_heads=4,
+        ffn_dim=48,
         subsampling=subsampling,
         subsampling_channels=8,
         kernel_size=5,
@@ -42,7 +42,11 @@ def test_streaming_equals_masked_full_sequence(subsampling, chunk, left, piece):
 
 
 def test_streaming_encoder_refuses_non_streaming_model():
-    enc = ConformerEncoder(ConformerConfig.uniform(1, 32, 4, 48, subsampling_channels=8))
+    enc = ConformerEncoder(
+        ConformerConfig.uniform(
+            num_layers=1, d_model=32, num_heads=4, ffn_dim=48, subsampling_channels=8
+        )
+    )
     with pytest.raises(ValueError, match="streaming=True"):
         StreamingEncoder(enc)
 
@@ -50,7 +54,8 @@ def test_streaming_encoder_refuses_non_streaming_model():
 def _dynamic_encoder() -> ConformerEncoder:
     torch.manual_seed(0)
     cfg = ConformerConfig.uniform(
-        2, 32, 4, 48, subsampling=4, subsampling_channels=8, kernel_size=5, dropout=0.0,
+        num_layers=2, d_model=32, num_heads=4, ffn_dim=48, subsampling=4, subsampling_channels=8,
+        kernel_size=5, dropout=0.0,
         streaming=True, dynamic_chunks=True, chunk_size=3, left_chunks=2, max_rel_pos=8,
     )  # fmt: skip
     return ConformerEncoder(cfg)

@@ -13,20 +13,12 @@ import pytest
 import soundfile as sf
 
 from kdprune.data.audio import SAMPLE_RATE
+from kdprune.data.augment import add_edges
 from kdprune.data.grammar import CommandGrammar, WordnetSentences, compose_splits, vocabulary
 from kdprune.data.manifest import manifest_words, read_manifest
-from kdprune.data.synth import (
-    MARKER,
-    SPLITS,
-    TTSError,
-    Voice,
-    _edges,
-    check_engines,
-    plan_corpus,
-    speak,
-    synth_config,
-    synth_corpus,
-)
+from kdprune.data.synth import MARKER, SPLITS, synth_config, synth_corpus
+from kdprune.data.synth_plan import plan_corpus
+from kdprune.data.tts import TTSError, Voice, check_engines, speak
 
 
 @pytest.fixture(scope="module")
@@ -131,7 +123,10 @@ def test_presets_and_missing_voices():
     with pytest.raises(TTSError, match="nosuchvariant"):
         check_engines(dataclasses.replace(tiny, espeak_dev_variants=("nosuchvariant",)))
     with pytest.raises(TTSError) as err:
-        speak(Voice("festival", "nosuchvoice", "", 1.0, 1.0), "hello there")
+        speak(
+            Voice(engine="festival", name="nosuchvoice", variant="", rate=1.0, pitch=1.0),
+            "hello there",
+        )
     assert "festival" in str(err.value) and "hello there" in str(err.value)
 
 
@@ -185,7 +180,7 @@ def test_train_edges_add_silence_and_a_noise_floor():
     x = np.full(SAMPLE_RATE, 0.3, np.float32)
     leads, floors = [], []
     for i in range(200):
-        y = _edges(x, np.random.default_rng([0, 0, i, 1]), cfg)
+        y = add_edges(x, np.random.default_rng([0, 0, i, 1]), cfg)
         core = np.flatnonzero(np.abs(y) > 0.25)
         assert len(core) == SAMPLE_RATE  # the speech itself is untouched (up to the floor)
         lead, trail = core[0], len(y) - 1 - core[-1]

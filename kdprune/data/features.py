@@ -16,7 +16,7 @@ if TYPE_CHECKING:
 from kdprune.utils import config_hash, log
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class FeatureConfig:
     """Front-end settings; stored in every model directory."""
 
@@ -99,7 +99,7 @@ def global_stats(feats: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]
     return mean.float(), std.float()
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class SpecAugmentConfig:
     freq_masks: int = 2
     freq_width: int = 15  # bins

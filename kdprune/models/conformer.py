@@ -49,7 +49,7 @@ LINEAR_NAMES = (
 )
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class LayerDims:
     """Dimensions of one conformer block; a zero removes that module entirely."""
 
@@ -65,7 +65,7 @@ class LayerDims:
         return dict(self.ranks).get(name)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class ConformerConfig:
     """Architecture of the encoder. Derived values are properties, never stored."""
 
@@ -94,9 +94,15 @@ class ConformerConfig:
 
     @staticmethod
     def uniform(
-        num_layers: int, d_model: int, num_heads: int, ffn_dim: int, **kw
+        *, num_layers: int, d_model: int, num_heads: int, ffn_dim: int, **kw
     ) -> ConformerConfig:
-        dims = LayerDims(num_heads, d_model // num_heads, ffn_dim, ffn_dim, d_model)
+        dims = LayerDims(
+            num_heads=num_heads,
+            head_dim=d_model // num_heads,
+            ffn1_dim=ffn_dim,
+            ffn2_dim=ffn_dim,
+            conv_channels=d_model,
+        )
         return ConformerConfig(d_model=d_model, layers=(dims,) * num_layers, **kw)
 
     def with_layers(self, layers: tuple[LayerDims, ...]) -> ConformerConfig:

@@ -17,7 +17,7 @@ from torch.nn import functional as F
 from kdprune.models.conformer import ConformerEncoder
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class BestRqConfig:
     codebook_size: int = 512
     codebook_dim: int = 16

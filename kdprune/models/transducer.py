@@ -11,7 +11,7 @@ from kdprune.data.features import FeatureConfig
 from kdprune.models.conformer import ConformerConfig, ConformerEncoder, EncoderOutput
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class ModelConfig:
     """Everything needed to rebuild a model: front end, encoder, predictor, joiner."""
 

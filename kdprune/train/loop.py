@@ -24,7 +24,7 @@ from kdprune.train.checkpoint import load_checkpoint, save_checkpoint
 from kdprune.utils import log
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class TrainConfig:
     """Optimisation settings of one training stage."""
 

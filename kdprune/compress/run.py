@@ -1,0 +1,124 @@
+"""`compress()`: one compression run, top to bottom.
+
+prepare the teacher and data -> build the student -> stage 1, prune (joint: RNN-T + KD +
+budget; sequential: KD + budget only) -> materialise a plain, smaller model -> stage 2, a
+mask-free fine-tune -> evaluate -> save the model directory and its metrics.
+"""
+
+from __future__ import annotations
+
+import copy
+import shutil
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from kdprune.compress.config import (
+    CompressConfig,
+    TrainerContext,
+    check_compress_config,
+    compress_recipe,
+)
+from kdprune.compress.stage import Stage, StageEnv, run_stage
+from kdprune.compress.student import build_student, evaluate_student
+from kdprune.models.model_dir import save_model_dir
+from kdprune.prepare import prepare, teacher_dir_of
+from kdprune.pruning.materialise import materialise
+from kdprune.utils import config_hash, default_workdir, log, read_json, to_dict, write_json
+
+
+def compress(
+    cfg: CompressConfig,
+    workdir: Path | None = None,
+    out_dir: Path | None = None,
+    teacher_dir: Path | None = None,
+    ctx: TrainerContext | None = None,
+) -> dict[str, Any]:
+    """Run one compression; returns the model directory and the DESIGN §3 metrics.
+
+    `teacher_dir`: the teacher (default: the preset's, built and cached under `workdir`).
+    A finished run in `out_dir` (default: named by the config and teacher) is returned
+    as it is; an interrupted one resumes from its checkpoints (or `ctx.resume_dir`).
+    """
+    check_compress_config(cfg)
+    ctx = ctx or TrainerContext()
+    workdir = Path(workdir or default_workdir()).resolve()
+    teacher_dir = teacher_dir_of(cfg.preset, workdir, teacher_dir)
+    out = (
+        Path(out_dir).resolve()
+        if out_dir
+        else workdir / "compress" / f"{cfg.preset}-{config_hash(cfg, str(teacher_dir))}"
+    )
+    if (out / "model" / "config.json").exists() and (out / "metrics.json").exists():
+        log(f"compressed model already exists: {out / 'model'}")
+        return {"model_dir": str(out / "model"), **read_json(out / "metrics.json")}
+    ckpt = out / "ckpt"
+    if ctx.resume_dir is not None and Path(ctx.resume_dir).resolve() != ckpt.resolve():
+        shutil.copytree(ctx.resume_dir, ckpt, dirs_exist_ok=True)
+    torch.manual_seed(cfg.seed)
+
+    data = prepare(cfg.preset, workdir, teacher=teacher_dir, device=ctx.device)
+    teacher = data.teacher.model
+    recipe = compress_recipe(cfg)
+    student, state = build_student(cfg, teacher, recipe)
+    student.to(ctx.device)
+    env = StageEnv(
+        teacher=teacher,
+        data=data,
+        recipe=recipe,
+        ctx=ctx,
+        ckpt=ckpt,
+        target_sparsity=cfg.target_sparsity,
+    )
+    log(
+        f"compress {cfg.method} ({cfg.schedule}, kd_weight={cfg.kd_weight}, streaming={cfg.streaming}): "
+        f"teacher encoder {teacher.encoder_params():,} params"
+    )
+
+    # Stage 1: prune. Sequential pruning is task-agnostic (no RNN-T loss), so KD is all
+    # that holds the student to the task: its weight is at least 1.
+    sequential = cfg.schedule == "sequential"
+    prune = Stage(
+        name="prune",
+        steps=recipe.prune_steps,
+        use_asr=not sequential,
+        kd_weight=max(cfg.kd_weight, 1.0) if sequential else cfg.kd_weight,
+    )
+    student = run_stage(prune, student, state, env)
+
+    # Materialise: a plain, physically smaller model (no pruning code needed to run it).
+    plain = copy.deepcopy(student).cpu()
+    if state.gated or state.factorised:
+        plain = materialise(plain.eval())
+    plain.to(ctx.device)
+
+    # Stage 2: mask-free fine-tune (sequential: this is the RNN-T training of the pruned
+    # encoder, so it also gets half the pruning steps).
+    finetune = Stage(
+        name="finetune",
+        steps=recipe.finetune_steps + (recipe.prune_steps // 2 if sequential else 0),
+        use_asr=True,
+        kd_weight=cfg.kd_weight,
+        step_offset=recipe.prune_steps,
+    )
+    plain = run_stage(finetune, plain, replace(state, gated=False, lagrangian=None), env)
+    plain.eval()
+
+    metrics = evaluate_student(plain, data, ctx.device)
+    metrics.update({"prune_steps": recipe.prune_steps, "finetune_steps": finetune.steps})
+    if ctx.rank == 0:
+        extra = {
+            "stage": "compress",
+            "compress": to_dict(cfg),
+            "teacher": str(teacher_dir),
+            "metrics": metrics,
+        }
+        save_model_dir(out / "model", plain.cpu(), data.tokenizer, extra)
+        write_json(out / "metrics.json", metrics)
+    log(
+        f"compressed: WER dev {100 * metrics['wer_dev']:.2f}% test {100 * metrics['wer_test']:.2f}%, "
+        f"{metrics['encoder_params']:,} encoder params (sparsity {metrics['achieved_sparsity']:.3f})"
+    )
+    return {"model_dir": str(out / "model"), **metrics}
