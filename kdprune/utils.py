@@ -89,8 +89,13 @@ def default_workdir() -> Path:
 
 
 def log(msg: str) -> None:
-    """Progress message on stderr (stdout is reserved for the final JSON line)."""
-    print(f"[kdprune {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+    """Progress message on stderr (stdout is reserved for the final JSON line).
+
+    Written to the stream, not through `print`: inside a Ray Train worker `print` is
+    patched to also hand each line to the root logger, whose console handler writes it to
+    stderr a second time."""
+    sys.stderr.write(f"[kdprune {time.strftime('%H:%M:%S')}] {msg}\n")
+    sys.stderr.flush()
 
 
 def emit_result(result: dict[str, Any]) -> None:

@@ -7,11 +7,11 @@ from pathlib import Path
 
 import nbformat
 import pytest
+from fakes import make_synthetic_sweep
 from nbclient import NotebookClient
 
 from kdprune.analysis.loading import load_trials
 from kdprune.analysis.pareto import pareto_front
-from kdprune.analysis.synthetic import make_synthetic_sweep
 
 ANALYSIS = Path(__file__).resolve().parent.parent / "analysis"
 

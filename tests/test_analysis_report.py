@@ -6,12 +6,12 @@ import json
 
 import pandas as pd
 import pytest
+from fakes import make_synthetic_sweep
 from mlflow import MlflowClient
 
 from kdprune.analysis.loading import load_trials
 from kdprune.analysis.pareto import pareto_front
 from kdprune.analysis.report import write_report
-from kdprune.analysis.synthetic import make_synthetic_sweep
 
 
 @pytest.fixture(scope="module")

@@ -2,9 +2,10 @@
 
 A head (`ray start --head`, loopback, its own temp dir, ports and auth token) runs the
 sweep driver attached to it (``RAY_ADDRESS``, as a sweep on a cluster runs), the cheap
-synthetic trainer, more trials than the head can run at once. Once a trial has reported a
-rung, a second node joins (`ray start --address ... --block`); once a trial trains on it
-and has checkpointed, the node's whole process tree is SIGKILLed (a lost machine).
+synthetic trainer of tests/fakes.py, more trials than the head can run at once. Once a
+trial has reported a rung, a second node joins (`ray start --address ... --block`); once
+a trial trains on it and has checkpointed, the node's whole process tree is SIGKILLed (a
+lost machine).
 
 Ray's documented behaviour (Train V2 "Handling Failures and Node Preemption", Ray Core
 "Node Fault Tolerance"): every actor on a dead node dies; a Train worker lost with its node
@@ -33,6 +34,7 @@ import pytest
 import torch
 from test_sweep_e2e import (
     PY,
+    SYNTH,
     SYNTH_ARGS,
     check_sweep,
     cmdline,
@@ -185,7 +187,7 @@ def test_node_joins_and_dies_mid_sweep(tmp_path, ray_cluster):
     args = [*SYNTH_ARGS, "--trials", str(trials), "--max-concurrent", "2"]
     args += ["--no-early-stopping", "--name", "churn"]
     t0 = time.time()
-    proc = start_sweep("l0_vs_lrf.py", args, env, tmp_path / "sweep")
+    proc = start_sweep(SYNTH, args, env, tmp_path / "sweep")
     node = victim = None
     killed: list[str] = []
     deadline = time.time() + 900

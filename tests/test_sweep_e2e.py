@@ -3,8 +3,9 @@ Train run inside Ray Tune, MLflow checked against DESIGN §3.
 
 - `ray start --head` on loopback + `ray job submit --working-dir . -- python
   sweeps/l0_vs_lrf.py --smoke-test` (real `compress` on the tiny preset);
-- the synthetic trainer (same contract, seconds per trial) for faults: a trial raising, a
-  Train worker killed mid-trial, the sweep driver killed and resumed with ``--resume``.
+- the same sweep with the synthetic trainer of tests/fakes.py (same contract, seconds per
+  trial, through tests/fake_sweep.py) for faults: a trial raising, a Train worker killed
+  mid-trial, the sweep driver killed and resumed with ``--resume``.
 After each: every trial is accounted for, no MLflow run is duplicated, the parent's Pareto
 set equals a brute-force non-dominated filter of the children.
 """
@@ -32,7 +33,7 @@ pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[1]
 PY = sys.executable
-SYNTH = "kdprune.orchestration.synthetic:synthetic_compress"
+FAKE_SWEEP = Path(__file__).resolve().parent / "fake_sweep.py"
 PARAMS = ("method", "kd_weight", "target_sparsity", "rank_ratio", "schedule", "streaming")
 PARAMS += ("seed", "preset")
 FINALS = ("wer_dev", "wer_test", "params", "encoder_params", "params_ratio")
@@ -133,11 +134,16 @@ def kill_all(procs: list[psutil.Process]) -> None:
 
 
 def start_sweep(script: str, args: list[str], env: dict, log: Path) -> subprocess.Popen:
+    """``sweeps/<script>`` with ``args``; ``fake:<trainer>`` runs sweeps/l0_vs_lrf.py's
+    sweep with a fake trainer of tests/fakes.py instead (tests/fake_sweep.py)."""
     out = open(log.with_suffix(".out"), "w")
     err = open(log.with_suffix(".err"), "w")
-    return subprocess.Popen(
-        [PY, str(REPO / "sweeps" / script), *args], cwd=REPO, env=env, stdout=out, stderr=err
+    cmd = (
+        [str(FAKE_SWEEP), script.split(":", 1)[1]]
+        if script.startswith("fake:")
+        else [str(REPO / "sweeps" / script)]
     )
+    return subprocess.Popen([PY, *cmd, *args], cwd=REPO, env=env, stdout=out, stderr=err)
 
 
 def finish(proc: subprocess.Popen, log: Path, timeout: float) -> dict:
@@ -151,7 +157,8 @@ def finish(proc: subprocess.Popen, log: Path, timeout: float) -> dict:
     return last_json(stdout)
 
 
-SYNTH_ARGS = ["--preset", "tiny", "--trainer", SYNTH, "--num-cpus", "2", "--steps", "40"]
+SYNTH = "fake:synthetic"
+SYNTH_ARGS = ["--preset", "tiny", "--num-cpus", "2", "--steps", "40"]
 SYNTH_ARGS += ["--reference-point", "1.0,130000"]
 
 
@@ -160,7 +167,7 @@ def test_synthetic_sweep_with_a_failing_trial(tmp_path):
     sweep completes; stdout holds only the result line."""
     env = sweep_env(tmp_path / "work", KDPRUNE_SYNTHETIC_FAIL="lrf")
     args = [*SYNTH_ARGS, "--smoke-test", "--max-failures", "0", "--trials", "4"]
-    proc = start_sweep("l0_vs_lrf.py", args, env, tmp_path / "sweep")
+    proc = start_sweep(SYNTH, args, env, tmp_path / "sweep")
     result = finish(proc, tmp_path / "sweep", 600)
     assert (tmp_path / "sweep.out").read_text().count("\n") == 1
     client, children, study = check_sweep(result, 4)
@@ -179,7 +186,7 @@ def test_killed_mid_trial_resumes_from_checkpoint(tmp_path, victim):
     the trial, whose Train run restores itself by name; the MLflow run is reused."""
     env = sweep_env(tmp_path / "work", KDPRUNE_SYNTHETIC_STEP_S="0.25")
     args = [*SYNTH_ARGS, "--trials", "1", "--no-early-stopping"]
-    proc = start_sweep("l0_vs_lrf.py", args, env, tmp_path / "sweep")
+    proc = start_sweep(SYNTH, args, env, tmp_path / "sweep")
     killed = None
     deadline = time.time() + 300
     while killed is None and time.time() < deadline and proc.poll() is None:
@@ -207,7 +214,7 @@ def test_killed_mid_trial_resumes_from_checkpoint(tmp_path, victim):
 def test_driver_killed_then_resume_finishes_the_sweep(tmp_path):
     env = sweep_env(tmp_path / "work", KDPRUNE_SYNTHETIC_STEP_S="0.2")
     args = [*SYNTH_ARGS, "--smoke-test", "--trials", "4", "--name", "resume"]
-    proc = start_sweep("l0_vs_lrf.py", args, env, tmp_path / "first")
+    proc = start_sweep(SYNTH, args, env, tmp_path / "first")
     deadline = time.time() + 400
     killed = False
     while time.time() < deadline and proc.poll() is None:
@@ -228,7 +235,7 @@ def test_driver_killed_then_resume_finishes_the_sweep(tmp_path):
             break
         time.sleep(0.5)
     assert killed, (tmp_path / "first.err").read_text()[-3000:]
-    proc = start_sweep("l0_vs_lrf.py", [*args, "--resume"], env, tmp_path / "second")
+    proc = start_sweep(SYNTH, [*args, "--resume"], env, tmp_path / "second")
     result = finish(proc, tmp_path / "second", 600)
     client, children, study = check_sweep(result, 4)
     attempts = {

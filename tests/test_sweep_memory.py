@@ -16,7 +16,6 @@ are printed (one JSON line like bench/'s) so they can be quoted.
 from __future__ import annotations
 
 import json
-import os
 import threading
 import time
 from pathlib import Path
@@ -27,7 +26,6 @@ from test_sweep_e2e import check_sweep, cmdline, descendants, finish, start_swee
 
 pytestmark = pytest.mark.slow
 
-TESTS = Path(__file__).resolve().parent
 TRIAL_ROLES = ("ImplicitFunc", "TrainController", "RayTrainWorker")
 # Ray Train's own helper actors, one of each per trial run (reported, not asserted).
 HELPER_ROLES = ("SynchronizationActor", "PlacementGroupCleaner", "DatasetManager", "_QueueActor")
@@ -115,16 +113,13 @@ def test_sweep_memory_is_bounded(tmp_path, tiny_manifests):
     train = Path(tiny_manifests["train"])
     utterances = sum(1 for ln in train.read_text().splitlines() if ln.strip())
     env = sweep_env(
-        tmp_path / "work",
-        KDPRUNE_SYNTHETIC_STEP_S="0.1",
-        KDPRUNE_TEST_MANIFEST=str(train),
-        PYTHONPATH=os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")]),
+        tmp_path / "work", KDPRUNE_SYNTHETIC_STEP_S="0.1", KDPRUNE_TEST_MANIFEST=str(train)
     )
-    args = ["--preset", "tiny", "--trainer", "sweep_data_trainer:data_compress"]
+    args = ["--preset", "tiny"]
     args += ["--num-cpus", str(2 * concurrent), "--steps", "40", "--trials", str(trials)]
     args += ["--reference-point", "1.0,130000", "--no-early-stopping", "--name", "memory"]
     t0 = time.time()
-    proc = start_sweep("l0_vs_lrf.py", args, env, tmp_path / "sweep")
+    proc = start_sweep("fake:data", args, env, tmp_path / "sweep")
     sampler = PeakSampler(proc.pid)
     sampler.start()
     try:

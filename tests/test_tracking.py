@@ -9,13 +9,8 @@ import pytest
 from mlflow import MlflowClient
 
 from kdprune.analysis.loading import load_trials
-from kdprune.orchestration.tracking import (
-    SweepTracker,
-    TrackingUnavailable,
-    artifact_location,
-    check_tracking_uri,
-    resolve_tracking_uri,
-)
+from kdprune.contract import artifact_location, resolve_tracking_uri
+from kdprune.orchestration.tracking import SweepTracker, TrackingUnavailable, check_tracking_uri
 
 CFG = {"method": "l0", "target_sparsity": 0.5, "kd_weight": 1.0, "rank_ratio": 0.5}
 CFG.update(schedule="joint", streaming=False, seed=0, preset="tiny", steps=0)
@@ -44,12 +39,12 @@ def tracker(tmp_path):
 
 def test_uri_default_is_absolute_and_artifacts_beside_it(tmp_path, monkeypatch):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    assert resolve_tracking_uri(tmp_path) == f"sqlite:///{tmp_path / 'mlflow.db'}"
+    assert resolve_tracking_uri(workdir=tmp_path) == f"sqlite:///{tmp_path / 'mlflow.db'}"
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:///rel/m.db")
-    assert resolve_tracking_uri("/elsewhere") == f"sqlite:///{tmp_path / 'rel' / 'm.db'}"
+    assert resolve_tracking_uri(workdir="/elsewhere") == f"sqlite:///{tmp_path / 'rel' / 'm.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "mlruns")
-    assert resolve_tracking_uri("/x") == (tmp_path / "mlruns").as_uri()
+    assert resolve_tracking_uri(workdir="/x") == (tmp_path / "mlruns").as_uri()
     assert artifact_location(f"sqlite:///{tmp_path}/m.db") == (tmp_path / "mlartifacts").as_uri()
 
 
@@ -173,3 +168,38 @@ def test_sweep_script_fails_fast_on_an_unreachable_store(tmp_path):
     assert "http://***@127.0.0.1:9" in proc.stderr and "secret" not in proc.stderr
     assert proc.stdout == "" and not (tmp_path / "work" / "ray_results").exists()
     assert time.time() - t0 < 60
+
+
+def test_a_real_compression_logs_per_step_training_metrics(tmp_path, tiny_workdir, tiny_teacher):
+    """A real l0 compression on the tiny preset, hosted as a sweep worker hosts it (rung
+    reports and log-interval reports through `TrainerContext`, normalised as the worker
+    does), into a real sqlite store: the trial's run has a history of the per-step
+    metrics DESIGN §3 promises, at the log interval, across both stages."""
+    from pathlib import Path
+
+    from kdprune.compress import CompressConfig, TrainerContext, compress
+    from kdprune.orchestration.worker import step_metrics
+
+    tracker = SweepTracker(f"sqlite:///{tmp_path / 'mlflow.db'}", "exp", "exp-1")
+    run, _ = tracker.child_run(tracker.parent_run({}), "t", CFG)
+    ctx = TrainerContext(
+        report=lambda metrics, ckpt: tracker.log_rung(run, metrics),
+        on_log=lambda step, stats: tracker.log_rung(run, step_metrics(step, stats)),
+    )
+    cfg = CompressConfig(preset="tiny", method="l0", kd_weight=1.0, steps=20)
+    result = compress(cfg, tiny_workdir, tmp_path / "out", Path(tiny_teacher["model_dir"]), ctx)
+    assert tracker.finish_child(run, {**result, "final": True}) == "finished"
+
+    client = MlflowClient(tracker.uri)
+    steps = {
+        name: [m.step for m in client.get_metric_history(run, name)]
+        for name in ("train/loss_rnnt", "train/loss_kd", "train/lr", "train/grad_norm",
+                     "prune/lambda1", "prune/expected_sparsity")
+    }  # fmt: skip
+    # tiny: log every 10 steps; 20 pruning steps, then 5 fine-tuning steps (steps 21-25).
+    assert sorted(steps["train/loss_rnnt"]) == [10, 20, 25]
+    assert sorted(steps["train/lr"]) == sorted(steps["train/grad_norm"]) == [10, 20, 25]
+    assert sorted(steps["train/loss_kd"]) == [10, 20, 25]
+    assert sorted(steps["prune/lambda1"]) == [10, 20]  # the Lagrangian lives while pruning
+    assert len(set(steps["prune/expected_sparsity"])) > 1
+    assert client.get_run(run).data.metrics["wer_dev"] == result["wer_dev"]

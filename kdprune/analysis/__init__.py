@@ -7,7 +7,7 @@ Data flow: `load_trials` (MLflow → DataFrame) → `pareto_front` / `hypervolum
 """
 
 from kdprune.analysis.compare import PaperComparison, paper_comparison, value_at_budget
-from kdprune.analysis.loading import list_sweeps, load_trials, resolve_tracking_uri
+from kdprune.analysis.loading import list_sweeps, load_trials
 from kdprune.analysis.pareto import (
     add_labels,
     default_reference_point,
@@ -18,6 +18,7 @@ from kdprune.analysis.pareto import (
     pareto_front,
     pareto_mask,
 )
+from kdprune.contract import resolve_tracking_uri
 
 __all__ = [
     "PaperComparison",

@@ -12,9 +12,7 @@ from typing import Any
 
 import pandas as pd
 
-from kdprune.analysis.loading import FINAL_METRICS, PARAM_TYPES
 from kdprune.analysis.pareto import (
-    LATENCY,
     add_labels,
     default_reference_point,
     hypervolume,
@@ -29,6 +27,7 @@ from kdprune.analysis.plots import (
     save_html,
     save_png,
 )
+from kdprune.contract import FINAL_METRICS, LATENCY, PARAM_TYPES
 
 ID_COLUMNS = ("run_id", "trial_id", "parent_run_id", "label", "method", "settings")
 

@@ -23,15 +23,15 @@ import pandas as pd
 
 from kdprune.analysis.pareto import (
     BASELINE_LABEL,
-    LATENCY,
     add_labels,
     is_true,
     knee_point,
     label_sort_key,
     pareto_front,
 )
+from kdprune.contract import COMPRESSING_METHODS, DEFAULT_OBJECTIVES, LATENCY
 
-MATCH_OBJECTIVES = ("wer_dev", "params")
+MATCH_OBJECTIVES = DEFAULT_OBJECTIVES  # (wer_dev, params): methods are matched on size
 VALUE_COLUMNS = ("params", "wer_dev", "wer_test", LATENCY)
 TABLE_COLUMNS = (
     "section",
@@ -186,7 +186,7 @@ def paper_comparison(
     baseline = base_main if len(base_main) else None
     groups = {label: grp for label, grp in main.groupby("label", sort=False)}
     rows = _rows("methods", groups, baseline, budgets, rel_tol)
-    compressed = main[main["method"].isin(["l0", "lrf"])]
+    compressed = main[main["method"].isin(COMPRESSING_METHODS)]
     if compressed["schedule"].nunique(dropna=True) > 1:
         rows += _rows("schedule", _split(compressed, "schedule"), baseline, budgets, rel_tol)
     if both_modes:

@@ -9,42 +9,26 @@ metrics, the trial id and what became of the run. Only rows with ``eligible == T
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
 import pandas as pd
 
-from kdprune.utils import default_workdir, log
-
-ROLE_TAG = "kdprune.role"
-TRIAL_ID_TAG = "kdprune.trial_id"
-STOPPED_EARLY_TAG = "kdprune.stopped_early"
-PARENT_TAG = "mlflow.parentRunId"
-SYNTHETIC_TAG = "kdprune.synthetic"  # made-up runs (kdprune.analysis.synthetic)
-
-# Searched params and their types (MLflow stores every param as a string).
-PARAM_TYPES: dict[str, str] = {
-    "method": "str",
-    "kd_weight": "float",
-    "target_sparsity": "float",
-    "rank_ratio": "float",
-    "schedule": "str",
-    "streaming": "bool",
-    "seed": "int",
-    "preset": "str",
-}
-FINAL_METRICS = (
-    "wer_dev",
-    "wer_test",
-    "params",
-    "encoder_params",
-    "params_ratio",
-    "latency_ms_per_audio_s",
-    "rtf",
-    "achieved_sparsity",
+from kdprune.contract import (
+    FINAL_METRICS,
+    PARAM_TYPES,
+    ROLE_SWEEP,
+    ROLE_TRIAL,
+    TAG_PARENT,
+    TAG_ROLE,
+    TAG_STOPPED_EARLY,
+    TAG_SYNTHETIC,
+    TAG_TRIAL_ID,
+    resolve_tracking_uri,
 )
+from kdprune.utils import log
+
 # Columns every frame from `load_trials` has, whatever the runs logged.
 BASE_COLUMNS = (
     "run_id",
@@ -58,17 +42,6 @@ BASE_COLUMNS = (
     "start_time",
     "end_time",
 )
-
-
-def resolve_tracking_uri(tracking_uri: str | None = None) -> str:
-    """The URI to read: the argument, else ``$MLFLOW_TRACKING_URI``, else the default local
-    store ``sqlite:///<workdir>/mlflow.db`` (DESIGN §3)."""
-    if tracking_uri:
-        return tracking_uri
-    env = os.environ.get("MLFLOW_TRACKING_URI")
-    if env:
-        return env
-    return f"sqlite:///{default_workdir() / 'mlflow.db'}"
 
 
 def _client(tracking_uri: str):
@@ -114,7 +87,7 @@ def list_sweeps(tracking_uri: str | None = None) -> pd.DataFrame:
     rows = []
     if exps:
         for run in _search_all(
-            client, list(exps), f"tags.`{ROLE_TAG}` = 'sweep'", ViewType.ACTIVE_ONLY, 100
+            client, list(exps), f"tags.`{TAG_ROLE}` = '{ROLE_SWEEP}'", ViewType.ACTIVE_ONLY, 100
         ):
             rows.append(
                 {
@@ -175,12 +148,12 @@ def _state(status: str, stopped_early: bool) -> str:
 
 def _row(run: Any) -> dict[str, Any]:
     tags = run.data.tags
-    stopped = str(tags.get(STOPPED_EARLY_TAG, "")).strip().lower() == "true"
+    stopped = str(tags.get(TAG_STOPPED_EARLY, "")).strip().lower() == "true"
     state = _state(run.info.status, stopped)
     row: dict[str, Any] = {
         "run_id": run.info.run_id,
-        "parent_run_id": tags.get(PARENT_TAG),
-        "trial_id": tags.get(TRIAL_ID_TAG),
+        "parent_run_id": tags.get(TAG_PARENT),
+        "trial_id": tags.get(TAG_TRIAL_ID),
         "run_name": run.info.run_name,
         "status": run.info.status,
         "stopped_early": stopped,
@@ -188,7 +161,7 @@ def _row(run: Any) -> dict[str, Any]:
         "eligible": state == "finished",
         "start_time": run.info.start_time,
         "end_time": run.info.end_time,
-        "synthetic": str(tags.get(SYNTHETIC_TAG, "")).lower() == "true",
+        "synthetic": str(tags.get(TAG_SYNTHETIC, "")).lower() == "true",
     }
     for name, value in run.data.params.items():
         row[name] = _typed_param(value, PARAM_TYPES.get(name, "str"))
@@ -220,9 +193,9 @@ def load_trials(
     uri = resolve_tracking_uri(tracking_uri)
     client = _client(uri)
     exp_id = get_experiment_id(client, experiment)
-    flt = f"tags.`{ROLE_TAG}` = 'trial'"
+    flt = f"tags.`{TAG_ROLE}` = '{ROLE_TRIAL}'"
     if parent_run_id:
-        flt += f" AND tags.`{PARENT_TAG}` = '{parent_run_id}'"
+        flt += f" AND tags.`{TAG_PARENT}` = '{parent_run_id}'"
     rows = [_row(r) for r in _search_all(client, [exp_id], flt, ViewType.ACTIVE_ONLY, page_size)]
     df = pd.DataFrame(rows)
     for col in BASE_COLUMNS + tuple(PARAM_TYPES):

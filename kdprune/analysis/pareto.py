@@ -13,11 +13,10 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
-DEFAULT_OBJECTIVES = ("wer_dev", "params")
-LATENCY = "latency_ms_per_audio_s"
-# Display names of `method` values; "+KD" is appended when kd_weight > 0.
-METHOD_NAMES = {"l0": "l0", "lrf": "LRF", "small": "small", "none": "dense"}
-LABEL_ORDER = ("l0", "l0+KD", "LRF", "LRF+KD", "small", "small+KD", "dense", "dense+KD")
+from kdprune.contract import COUNT_METRICS, DEFAULT_OBJECTIVES, KNOBS, METHOD_LABELS, method_knob
+
+# Trial labels (method ± KD) in display order: l0, l0+KD, LRF, LRF+KD, small, ..., dense+KD.
+LABEL_ORDER = tuple(f"{name}{kd}" for name in METHOD_LABELS.values() for kd in ("", "+KD"))
 BASELINE_LABEL = "small+KD"
 
 
@@ -108,7 +107,7 @@ def default_reference_point(
             natural = 1.0
         elif obj == "params_ratio":
             natural = 1.0
-        elif obj in ("params", "encoder_params") and "params_ratio" in cand:
+        elif obj in COUNT_METRICS and "params_ratio" in cand:
             ratio = pd.to_numeric(cand["params_ratio"], errors="coerce")
             teacher = (pd.to_numeric(cand[obj], errors="coerce") / ratio).replace(np.inf, np.nan)
             if obj == "params" and teacher.notna().any():
@@ -141,7 +140,7 @@ def knee_point(front: pd.DataFrame, objectives: Sequence[str] = DEFAULT_OBJECTIV
 def method_label(method: object, kd_weight: object) -> str:
     """Display label of a trial: ``l0``, ``l0+KD``, ``LRF``, ``LRF+KD``, ``small+KD``…"""
     missing = method is None or (isinstance(method, float) and np.isnan(method))
-    name = "trials" if missing else METHOD_NAMES.get(str(method), str(method))
+    name = "trials" if missing else METHOD_LABELS.get(str(method), str(method))
     try:
         kd = float(kd_weight) > 0
     except (TypeError, ValueError):
@@ -164,15 +163,18 @@ def add_labels(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def _settings(row: pd.Series) -> str:
+    """``s=0.5 kd=1 seq stream``: the knob the trial's method searches (s: target
+    sparsity, r: rank ratio; both when the method is unknown), KD weight, schedule, mode."""
     parts = []
-    for key, short in (("target_sparsity", "s"), ("rank_ratio", "r"), ("kd_weight", "kd")):
+    method = row.get("method")
+    known = isinstance(method, str)
+    for key, short in (*zip(KNOBS, ("s", "r"), strict=True), ("kd_weight", "kd")):
         val = row.get(key)
-        if val is not None and not (isinstance(val, float) and np.isnan(val)):
-            if key == "target_sparsity" and row.get("method") not in (None, "l0"):
-                continue
-            if key == "rank_ratio" and row.get("method") not in (None, "lrf"):
-                continue
-            parts.append(f"{short}={float(val):.3g}")
+        if val is None or (isinstance(val, float) and np.isnan(val)):
+            continue
+        if key in KNOBS and known and key != method_knob(method):
+            continue
+        parts.append(f"{short}={float(val):.3g}")
     if row.get("schedule") == "sequential":
         parts.append("seq")
     if is_true(row.get("streaming")):

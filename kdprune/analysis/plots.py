@@ -23,16 +23,8 @@ from kdprune.analysis.pareto import (
     label_sort_key,
     pareto_front,
 )
+from kdprune.contract import COUNT_METRICS, METRIC_LABELS
 
-AXIS_NAMES = {
-    "wer_dev": "WER (dev)",
-    "wer_test": "WER (test)",
-    "params": "parameters",
-    "encoder_params": "encoder parameters",
-    "params_ratio": "parameters ÷ teacher",
-    "latency_ms_per_audio_s": "latency (ms per s of audio)",
-    "rtf": "real-time factor",
-}
 _PALETTE = (
     "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd",
     "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf",
@@ -104,11 +96,13 @@ def front_figure_png(df: pd.DataFrame, x: str, y: str = "wer_dev", title: str | 
         knee = knee_point(overall, (y, x))
         ax.scatter([knee[x]], [knee[y]], marker="*", s=220, facecolor="none", edgecolor="black",
                    label="knee")  # fmt: skip
-    if x in ("params", "encoder_params"):
+    if x in COUNT_METRICS:
         ax.xaxis.set_major_formatter(EngFormatter())
-    ax.set_xlabel(AXIS_NAMES.get(x, x))
-    ax.set_ylabel(AXIS_NAMES.get(y, y))
-    ax.set_title(title or f"{AXIS_NAMES.get(y, y)} vs {AXIS_NAMES.get(x, x)} (lower is better)")
+    ax.set_xlabel(METRIC_LABELS.get(x, x))
+    ax.set_ylabel(METRIC_LABELS.get(y, y))
+    ax.set_title(
+        title or f"{METRIC_LABELS.get(y, y)} vs {METRIC_LABELS.get(x, x)} (lower is better)"
+    )
     ax.grid(alpha=0.3)
     if len(data):
         ax.legend(fontsize=8, title="method (trials)", title_fontsize=8)
@@ -142,9 +136,9 @@ def front_figure_html(df: pd.DataFrame, x: str, y: str = "wer_dev", title: str |
             showlegend=False, hoverinfo="skip",
         ))  # fmt: skip
     fig.update_layout(
-        title=title or f"{AXIS_NAMES.get(y, y)} vs {AXIS_NAMES.get(x, x)} (lower is better)",
-        xaxis_title=AXIS_NAMES.get(x, x),
-        yaxis_title=AXIS_NAMES.get(y, y),
+        title=title or f"{METRIC_LABELS.get(y, y)} vs {METRIC_LABELS.get(x, x)} (lower is better)",
+        xaxis_title=METRIC_LABELS.get(x, x),
+        yaxis_title=METRIC_LABELS.get(y, y),
         template="plotly_white",
     )
     return fig

@@ -12,24 +12,36 @@ from typing import Any
 import pandas as pd
 
 from kdprune.analysis.artifacts import front_table, write_front_artifacts
-from kdprune.analysis.compare import paper_comparison
-from kdprune.analysis.loading import load_trials, resolve_tracking_uri, state_counts
+from kdprune.analysis.compare import VALUE_COLUMNS, paper_comparison
+from kdprune.analysis.loading import load_trials, state_counts
 from kdprune.analysis.pareto import (
-    DEFAULT_OBJECTIVES,
     add_labels,
     default_reference_point,
     fronts_by,
     hypervolume,
     knee_point,
 )
+from kdprune.contract import (
+    COUNT_METRICS,
+    DEFAULT_OBJECTIVES,
+    FINAL_METRICS,
+    METRIC_LABELS,
+    PERCENT_METRICS,
+    TAG_SYNTHETIC,
+    resolve_tracking_uri,
+)
 from kdprune.utils import atomic_write_text, default_workdir, log, write_json
 
-PERCENT = {"wer_dev", "wer_test", "achieved_sparsity", "params_ratio"}
-COUNTS = {"params", "encoder_params", "budget"}
+PERCENT = set(PERCENT_METRICS)
+COUNTS = {*COUNT_METRICS, "budget"}
+# The front table: ids, the final metrics but the encoder size and the RTF, the run id.
 FRONT_MD_COLUMNS = (
-    "trial_id", "label", "settings", "wer_dev", "wer_test", "params", "params_ratio",
-    "latency_ms_per_audio_s", "achieved_sparsity", "run_id",
-)  # fmt: skip
+    "trial_id",
+    "label",
+    "settings",
+    *(m for m in FINAL_METRICS if m not in ("encoder_params", "rtf")),
+    "run_id",
+)
 
 
 def front_md_columns(objectives: Sequence[str]) -> list[str]:
@@ -39,13 +51,9 @@ def front_md_columns(objectives: Sequence[str]) -> list[str]:
 
 
 HEADERS = {
-    "wer_dev": "WER dev",
-    "wer_test": "WER test",
-    "latency_ms_per_audio_s": "latency ms/s",
+    **METRIC_LABELS,
     "rel_wer_dev": "ΔWER dev vs small+KD",
     "rel_wer_test": "ΔWER test vs small+KD",
-    "params_ratio": "params ÷ teacher",
-    "achieved_sparsity": "sparsity",
 }
 
 
@@ -76,6 +84,19 @@ def markdown_table(df: pd.DataFrame, columns: Sequence[str] | None = None) -> st
     for _, row in df.iterrows():
         lines.append("| " + " | ".join(fmt_value(c, row[c]) for c in cols) + " |")
     return "\n".join(lines) + "\n"
+
+
+def text_table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> str:
+    """The same cells as `markdown_table`, as aligned plain text for a terminal; columns
+    no row has are left out."""
+    cols = [c for c in columns if any(c in r for r in rows)]
+    cells = [[HEADERS.get(c, c) for c in cols]]
+    cells += [[fmt_value(c, r.get(c)).replace("\\|", "|") for c in cols] for r in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(cols))]
+    return "\n".join(
+        "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
+        for row in cells
+    )
 
 
 def method_summary(
@@ -116,7 +137,7 @@ def _header(experiment: str, uri: str, df: pd.DataFrame) -> list[str]:
             "- Only finished trials that were not stopped early enter fronts.",
         ]
         + (
-            ["- **Synthetic runs** (tag kdprune.synthetic=true): made-up numbers, not results."]
+            [f"- **Synthetic runs** (tag {TAG_SYNTHETIC}=true): made-up numbers, not results."]
             if len(df) and df["synthetic"].any()
             else []
         )
@@ -250,8 +271,7 @@ def write_report(
         "(negative = better than the baseline).",
         "",
     ]
-    cols = ["row", "params", "wer_dev", "wer_test", "latency_ms_per_audio_s"]
-    cols += ["rel_wer_dev", "rel_wer_test", "match", "runs"]
+    cols = ["row", *VALUE_COLUMNS, "rel_wer_dev", "rel_wer_test", "match", "runs"]
     for (section, budget), tab in comparison.table.groupby(["section", "budget"], sort=False):
         lines += [f"### {section} at {fmt_value('budget', budget)} params", ""]
         lines += [markdown_table(tab, cols)]

@@ -33,7 +33,7 @@ from typing import Any
 import pandas as pd
 
 from kdprune.analysis.artifacts import write_front_artifacts
-from kdprune.analysis.pareto import DEFAULT_OBJECTIVES
+from kdprune.contract import DEFAULT_OBJECTIVES
 
 
 def log_front_to_parent(

@@ -6,8 +6,8 @@ Data flow: `config` (SweepConfig, SpaceConfig) -> `space` (define-by-run Optuna 
 -> `tuner` (the one place a Tuner is built, started, resumed) -> `worker` (Tune trial =
 one TorchTrainer; per-worker fn calls compress) -> `early_stop` (multi-objective rung
 decisions) -> `tracking` (MLflow parent/children from the driver) -> `cli` (the flags of
-``sweeps/*.py``). `synthetic` is a seconds-fast trainer with compress's contract, for
-tests and benchmarks.
+``sweeps/*.py``). Names (params, metrics, tags) come from `kdprune.contract`. `run_sweep`
+takes any trainer with compress's contract (tests/fakes.py has a seconds-fast one).
 """
 
 from kdprune.orchestration.config import SpaceConfig, SweepConfig

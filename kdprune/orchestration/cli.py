@@ -13,7 +13,11 @@ from dataclasses import replace
 from typing import Any
 
 from kdprune.orchestration.config import SAMPLERS, SpaceConfig, SweepConfig, parse_objectives
+from kdprune.orchestration.worker import Trainer
 from kdprune.utils import emit_result, log
+
+# Final metrics the closing summary shows beside the objectives.
+SUMMARY_METRICS = ("wer_test", "params")
 
 
 def build_parser(doc: str | None) -> argparse.ArgumentParser:
@@ -52,7 +56,6 @@ def build_parser(doc: str | None) -> argparse.ArgumentParser:
                    "(default: from the teacher: WER 1, params x1.1, latency x1.5)")  # fmt: skip
     p.add_argument("--max-failures", type=int, help="worker-group restarts per trial (default 2)")
     p.add_argument("--num-cpus", type=int, help="logical CPUs of an embedded Ray (default: cores)")
-    p.add_argument("--trainer", help=argparse.SUPPRESS)  # "module:function", tests only
     return p
 
 
@@ -76,7 +79,6 @@ def config_from_args(
         "max_concurrent": args.max_concurrent,
         "eta": args.eta,
         "params_budget": args.params_budget,
-        "trainer": args.trainer,
         "worker_failures": args.max_failures,
     }
     cfg = replace(cfg, **{k: v for k, v in flags.items() if v is not None})
@@ -109,10 +111,12 @@ def main(
     argv: list[str] | None = None,
     smoke: dict[str, Any] | None = None,
     defaults: dict[str, Any] | None = None,
+    trainer: Trainer | None = None,
 ) -> int:
     """Parse flags, run (or resume) the sweep, print the front on stderr and the JSON.
     ``defaults`` are SweepConfig fields of this sweep (e.g. its objectives); ``smoke``
-    what --smoke-test changes on top (tiny preset, 4 trials, an l0 and an LRF trial)."""
+    what --smoke-test changes on top (tiny preset, 4 trials, an l0 and an LRF trial);
+    ``trainer`` is `run_sweep`'s (default: `kdprune.compress.compress`)."""
     from kdprune.orchestration.tracking import TrackingUnavailable
     from kdprune.orchestration.tuner import run_sweep
 
@@ -121,20 +125,27 @@ def main(
     cfg = config_from_args(args, base, {**SMOKE, **(smoke or {})})
     try:  # Tune and Ray print tables and worker output on stdout: keep it for the result
         with contextlib.redirect_stdout(sys.stderr):
-            result = run_sweep(cfg, resume=args.resume or False, num_cpus=args.num_cpus)
+            result = run_sweep(
+                cfg, resume=args.resume or False, num_cpus=args.num_cpus, trainer=trainer
+            )
     except (ValueError, FileNotFoundError, TrackingUnavailable) as exc:
         log(f"error: {exc}")
         return 2
     log(f"Pareto front ({', '.join(result['objectives'])}), {len(result['pareto'])} trial(s):")
-    for row in result["pareto"]:
-        knobs = " ".join(
-            f"{k}={row[k]:.3g}" for k in ("target_sparsity", "rank_ratio") if row.get(k) is not None
-        )
-        objs = " ".join(f"{o}={row.get(o)}" for o in result["objectives"])
-        log(f"  {row.get('method')} {knobs} kd={row.get('kd_weight')}: {objs}")
+    print(front_summary(result["pareto"], result["objectives"]), file=sys.stderr, flush=True)
     log(f"open it: mlflow ui --backend-store-uri {result['tracking_uri']} --host 127.0.0.1")
     emit_result(result)
     return 0
+
+
+def front_summary(rows: list[dict[str, Any]], objectives: list[str] | tuple[str, ...]) -> str:
+    """The front as an aligned text table: method label, its settings (s: target sparsity,
+    r: rank ratio, kd: KD weight), then each objective and the other final metrics, in
+    readable units (WER in %, parameter counts in k/M)."""
+    from kdprune.analysis.report import text_table
+
+    shown = [*objectives, *(m for m in SUMMARY_METRICS if m not in objectives)]
+    return text_table(rows, ["label", "settings", *shown, "trial_id"])
 
 
 if __name__ == "__main__":  # pragma: no cover

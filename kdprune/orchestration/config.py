@@ -13,19 +13,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-# Final metrics a sweep may optimise; every one is minimised. Aliases accepted on the CLI.
-OBJECTIVES = (
-    "wer_dev",
-    "params",
-    "latency_ms_per_audio_s",
-    "encoder_params",
-    "params_ratio",
-    "rtf",
+from kdprune.contract import (
+    COMPRESSING_METHODS,
+    DEFAULT_OBJECTIVES,
+    METHODS,
+    OBJECTIVE_ALIASES,
+    OBJECTIVES,
+    SCHEDULES,
 )
-OBJECTIVE_ALIASES = {"latency": "latency_ms_per_audio_s", "wer": "wer_dev"}
+
 SAMPLERS = ("nsga2", "tpe")
-METHODS = ("l0", "lrf", "small", "none")
-SCHEDULES = ("joint", "sequential")
 
 
 def parse_objectives(text: str | tuple[str, ...] | list[str]) -> tuple[str, ...]:
@@ -51,7 +48,7 @@ def parse_objectives(text: str | tuple[str, ...] | list[str]) -> tuple[str, ...]
 class SpaceConfig:
     """The define-by-run search space (see `kdprune.orchestration.space`)."""
 
-    methods: tuple[str, ...] = ("l0", "lrf")  # categorical; each opens its own sub-space
+    methods: tuple[str, ...] = COMPRESSING_METHODS  # categorical; each opens its own sub-space
     target_sparsity: tuple[float, float] = (0.2, 0.8)  # l0 / small: uniform in [lo, hi]
     rank_ratio: tuple[float, float] = (0.1, 0.8)  # lrf: uniform in [lo, hi]
     kd_weights: tuple[float, ...] = (0.0, 0.5, 1.0, 2.0)  # categorical; 0 turns KD off
@@ -89,7 +86,7 @@ class SweepConfig:
     name: str  # MLflow experiment; prefix of the Ray run name
     preset: str = "demo"  # tiny | demo | paper
     trials: int = 16  # trial budget (Tune num_samples)
-    objectives: tuple[str, ...] = ("wer_dev", "params")  # all minimised
+    objectives: tuple[str, ...] = DEFAULT_OBJECTIVES  # all minimised
     sampler: str = "nsga2"  # nsga2 | tpe
     seed: int = 0  # sampler seed and every trial's training seed
     space: SpaceConfig = field(default_factory=SpaceConfig)
@@ -118,7 +115,6 @@ class SweepConfig:
     storage: str = ""  # Ray storage (checkpoints, results): path or URI; "": <workdir>/ray_results
     workdir: str = ""  # caches, trial outputs, sweep state; "": $KDPRUNE_WORKDIR or ./work
     teacher_dir: str = ""  # "": prepared (cached) by the driver for the preset
-    trainer: str = "kdprune.compress:compress"  # "module:function" with compress's signature
     # Configs tried first (Optuna enqueue_trial), e.g. one l0 and one LRF trial; keys are
     # searched params (method, target_sparsity, rank_ratio, kd_weight, ...).
     initial_points: tuple[dict[str, Any], ...] = ()
@@ -156,8 +152,6 @@ class SweepConfig:
                 f"reference_point has {len(self.reference_point)} values for "
                 f"{len(self.objectives)} objectives"
             )
-        if ":" not in self.trainer:
-            raise ValueError(f"trainer must be 'module:function', got {self.trainer!r}")
 
     def resolved(self) -> SweepConfig:
         """Copy with absolute paths and canonical objective names (Ray changes the working
@@ -212,9 +206,3 @@ def redact(uri: str) -> str:
         host_part, _, path = rest.partition("/")
         return f"{scheme}://***@{host_part.rsplit('@', 1)[1]}" + (f"/{path}" if path else "")
     return uri
-
-
-def jsonable(cfg: SweepConfig) -> dict[str, Any]:
-    from kdprune.utils import to_dict
-
-    return to_dict(cfg)

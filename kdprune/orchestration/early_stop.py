@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-RUNG_OBJECTIVES = ("wer_dev", "expected_params")
+from kdprune.contract import BUDGET_PARAMS, RUNG_OBJECTIVES
 
 
 class StopTrial(Exception):
@@ -154,8 +154,8 @@ def rung_point(metrics: dict[str, Any], rule: StoppingRule) -> list[float] | Non
     try:
         return [
             float(
-                metrics["budget_params"]
-                if k == "expected_params" and "budget_params" in metrics
+                metrics[BUDGET_PARAMS]
+                if k == "expected_params" and BUDGET_PARAMS in metrics
                 else metrics[k]
             )
             for k in rule.objectives

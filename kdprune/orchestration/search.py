@@ -22,21 +22,10 @@ from typing import Any
 
 from ray.tune.search.optuna import OptunaSearch
 
+from kdprune.contract import FINAL_METRICS
 from kdprune.orchestration.config import SweepConfig
 
 logger = logging.getLogger(__name__)
-
-# Final metrics copied into each Optuna trial's user attributes (inspectable with
-# optuna-dashboard / `study.trials_dataframe()`, and read by the constraint).
-USER_ATTRS = (
-    "wer_dev",
-    "wer_test",
-    "params",
-    "encoder_params",
-    "params_ratio",
-    "latency_ms_per_audio_s",
-    "achieved_sparsity",
-)
 
 
 @dataclass(frozen=True)
@@ -118,7 +107,9 @@ class ParetoOptunaSearch(OptunaSearch):
         metrics = self._metric if isinstance(self._metric, list) else [self._metric]
         state, values = classify_result(result, error, metrics)
         try:
-            for key in (*USER_ATTRS, "expected_params"):
+            # Final metrics (and a pruned trial's last expected size) as user attributes:
+            # optuna-dashboard / `study.trials_dataframe()` show them, the constraint reads them.
+            for key in (*FINAL_METRICS, "expected_params"):
                 v = (result or {}).get(key)
                 if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v):
                     ot_trial.set_user_attr(key, float(v))

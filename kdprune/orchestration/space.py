@@ -13,10 +13,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from kdprune.contract import KNOBS, PARAMS, method_knob
 from kdprune.orchestration.config import SpaceConfig
-
-# CompressConfig fields that apply to one method only (None in MLflow for the others).
-METHOD_PARAMS = {"l0": ("target_sparsity",), "small": ("target_sparsity",), "lrf": ("rank_ratio",)}
 
 
 @dataclass(frozen=True)
@@ -31,10 +29,9 @@ class SearchSpace:
     def __call__(self, trial: Any) -> dict[str, Any]:
         sp = self.space
         method = trial.suggest_categorical("method", list(sp.methods))
-        if method in ("l0", "small"):
-            trial.suggest_float("target_sparsity", *sp.target_sparsity)
-        elif method == "lrf":
-            trial.suggest_float("rank_ratio", *sp.rank_ratio)
+        knob = method_knob(method)
+        if knob is not None:
+            trial.suggest_float(knob, *getattr(sp, knob))
         trial.suggest_categorical("kd_weight", list(sp.kd_weights))
         const: dict[str, Any] = {
             "preset": self.preset,
@@ -72,22 +69,14 @@ def compress_dict(config: dict[str, Any]) -> dict[str, Any]:
 
 
 def logged_params(config: dict[str, Any]) -> dict[str, Any]:
-    """The DESIGN §3 MLflow params of a trial: method-specific knobs the method does not
-    use are None (so a front never shows an l0 trial's unused rank ratio)."""
-    method = config.get("method")
-    out = {
-        "method": method,
-        "kd_weight": config.get("kd_weight"),
-        "target_sparsity": config.get("target_sparsity"),
-        "rank_ratio": config.get("rank_ratio"),
-        "schedule": config.get("schedule"),
-        "streaming": bool(config.get("streaming", False)),
-        "seed": config.get("seed"),
-        "preset": config.get("preset"),
-    }
-    for name in ("target_sparsity", "rank_ratio"):
-        if name not in METHOD_PARAMS.get(str(method), ()):
+    """The DESIGN §3 MLflow params of a trial: the knob a method does not search is None
+    (so a front never shows an l0 trial's unused rank ratio), and ``chunk_size`` is
+    logged for streaming trials only."""
+    out = {name: config.get(name) for name in PARAMS}
+    out["streaming"] = bool(config.get("streaming", False))
+    for name in KNOBS:
+        if name != method_knob(config.get("method")):
             out[name] = None
-    if out["streaming"]:
-        out["chunk_size"] = config.get("chunk_size")
+    if not out["streaming"]:
+        del out["chunk_size"]
     return out

@@ -8,15 +8,16 @@ nothing is logged twice by several ranks.
 Layout: experiment = sweep name; one parent run per sweep run (``kdprune.role=sweep``);
 one nested child per Tune trial (``mlflow.parentRunId``, ``kdprune.role=trial``,
 ``kdprune.trial_id``), found again by its trial id when the trial is retried or the sweep
-resumed (``kdprune.attempt`` counts the starts); rung metrics namespaced
+resumed (``kdprune.attempt`` counts the starts); per-step training metrics at the log
+interval (``train/loss_rnnt``, ``prune/lambda1``...) and rung metrics namespaced
 (``eval/wer_dev``, ``prune/expected_params``...), final metrics plain (``wer_dev``...).
 The parent's ``pareto.csv``, plots and ``hypervolume`` are rewritten as trials end.
+Every name is `kdprune.contract`'s.
 """
 
 from __future__ import annotations
 
 import math
-import os
 import sqlite3
 import time
 import urllib.error
@@ -26,19 +27,26 @@ from typing import Any
 
 from ray.tune import Callback
 
+from kdprune.contract import (
+    METRIC_LABELS,
+    ROLE_SWEEP,
+    ROLE_TRIAL,
+    RUNG_METRICS,
+    TAG_ATTEMPT,
+    TAG_FAILURE_REASON,
+    TAG_MODEL_DIR,
+    TAG_PARENT,
+    TAG_ROLE,
+    TAG_STOPPED_AT_STEP,
+    TAG_STOPPED_EARLY,
+    TAG_SWEEP_RUN,
+    TAG_TRIAL_ID,
+    artifact_location,
+    method_knob,
+)
 from kdprune.orchestration.space import logged_params
 from kdprune.utils import log
 
-ROLE, TRIAL_ID, ATTEMPT = "kdprune.role", "kdprune.trial_id", "kdprune.attempt"
-STOPPED, SWEEP_RUN, PARENT = "kdprune.stopped_early", "kdprune.sweep_run", "mlflow.parentRunId"
-FAIL_REASON = "kdprune.failure_reason"
-# Rung metrics of a trial, renamed into namespaces; keys with a "/" pass through.
-RUNG_NAMES = {
-    "wer_dev": "eval/wer_dev",
-    "expected_params": "prune/expected_params",
-    "expected_sparsity": "prune/expected_sparsity",
-    "eval_params": "prune/eval_params",
-}
 # Tune / Train bookkeeping in a result, never logged as metrics.
 BOOKKEEPING = {
     "step",
@@ -61,28 +69,6 @@ BOOKKEEPING = {
 
 class TrackingUnavailable(RuntimeError):
     """The MLflow tracking URI cannot be used; raised before any trial starts."""
-
-
-def resolve_tracking_uri(workdir: str | Path) -> str:
-    """``$MLFLOW_TRACKING_URI`` or ``sqlite:///<workdir>/mlflow.db``, made absolute (Ray
-    changes the working directory of the processes it starts)."""
-    uri = os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path(workdir) / 'mlflow.db'}"
-    if uri.startswith("sqlite:///"):
-        path = uri[len("sqlite:///") :]
-        if path != ":memory:" and not Path(path).is_absolute():
-            uri = f"sqlite:///{Path(path).resolve()}"
-    elif uri.startswith("file:") or "://" not in uri:
-        path = uri[len("file:") :].lstrip("/") if uri.startswith("file:") else uri
-        path = "/" + path if uri.startswith("file:///") else path
-        uri = Path(path).resolve().as_uri()
-    return uri
-
-
-def artifact_location(uri: str) -> str | None:
-    """Artifacts beside a local store (MLflow 3 would default to ./mlartifacts of the cwd)."""
-    if uri.startswith("sqlite:///"):
-        return (Path(uri[len("sqlite:///") :]).parent / "mlartifacts").as_uri()
-    return None
 
 
 def check_tracking_uri(uri: str, timeout_s: float = 5.0) -> None:
@@ -136,7 +122,7 @@ class SweepTracker:
         """The sweep run's parent (reused on resume, found by its sweep-run tag)."""
         runs = self.client.search_runs(
             [self.experiment_id],
-            f"tags.`{ROLE}` = 'sweep' AND tags.`{SWEEP_RUN}` = '{self.run_name}'",
+            f"tags.`{TAG_ROLE}` = '{ROLE_SWEEP}' AND tags.`{TAG_SWEEP_RUN}` = '{self.run_name}'",
             max_results=1,
         )
         if runs:
@@ -146,7 +132,7 @@ class SweepTracker:
         run = self.client.create_run(
             self.experiment_id,
             run_name=self.run_name,
-            tags={ROLE: "sweep", SWEEP_RUN: self.run_name},
+            tags={TAG_ROLE: ROLE_SWEEP, TAG_SWEEP_RUN: self.run_name},
         )
         from mlflow.entities import Param
 
@@ -161,8 +147,8 @@ class SweepTracker:
         run_id = self._children.get(trial_id) or self._find_child(parent_id, trial_id)
         if run_id is not None:
             run = self.client.get_run(run_id)
-            attempt = int(run.data.tags.get(ATTEMPT, "1")) + 1
-            self.client.set_tag(run_id, ATTEMPT, str(attempt))
+            attempt = int(run.data.tags.get(TAG_ATTEMPT, "1")) + 1
+            self.client.set_tag(run_id, TAG_ATTEMPT, str(attempt))
             self.client.update_run(run_id, status="RUNNING")
             self._children[trial_id] = run_id
             return run_id, attempt
@@ -170,7 +156,12 @@ class SweepTracker:
         run = self.client.create_run(
             self.experiment_id,
             run_name=f"{params.get('method')}-{trial_id}",
-            tags={PARENT: parent_id, ROLE: "trial", TRIAL_ID: trial_id, ATTEMPT: "1"},
+            tags={
+                TAG_PARENT: parent_id,
+                TAG_ROLE: ROLE_TRIAL,
+                TAG_TRIAL_ID: trial_id,
+                TAG_ATTEMPT: "1",
+            },
         )
         from mlflow.entities import Param
 
@@ -181,12 +172,15 @@ class SweepTracker:
     def _find_child(self, parent_id: str, trial_id: str) -> str | None:
         runs = self.client.search_runs(
             [self.experiment_id],
-            f"tags.`{TRIAL_ID}` = '{trial_id}' AND tags.`{PARENT}` = '{parent_id}'",
+            f"tags.`{TAG_TRIAL_ID}` = '{trial_id}' AND tags.`{TAG_PARENT}` = '{parent_id}'",
             max_results=2,
         )
         return runs[0].info.run_id if runs else None
 
     def log_rung(self, run_id: str, result: dict[str, Any]) -> None:
+        """An intermediate result (a rung's evaluation or a log interval's training means)
+        as metrics at its ``step``: rung keys renamed per `RUNG_METRICS`, namespaced keys
+        (``train/loss_rnnt``) as they are, bookkeeping dropped."""
         from mlflow.entities import Metric
 
         step = int(_numeric(result.get("step")) or 0)
@@ -196,7 +190,7 @@ class SweepTracker:
             v = _numeric(value)
             if v is None or key in BOOKKEEPING or not math.isfinite(v):
                 continue
-            name = RUNG_NAMES.get(key, key if "/" in key else None)
+            name = RUNG_METRICS.get(key, key if "/" in key else None)
             if name:
                 metrics.append(Metric(name, v, now, step))
         if metrics:
@@ -213,12 +207,12 @@ class SweepTracker:
             self.client.log_metric(run_id, "time/trial_s", trial_s, now, 0)
         if error or result.get("failed") or not result.get("final"):
             reason = error or str(result.get("failed") or "trial ended without final metrics")
-            self.client.set_tag(run_id, FAIL_REASON, reason[:5000])
+            self.client.set_tag(run_id, TAG_FAILURE_REASON, reason[:5000])
             self.client.set_terminated(run_id, "FAILED")
             return "failed"
         if result.get("stopped_early"):
-            self.client.set_tag(run_id, STOPPED, "true")
-            self.client.set_tag(run_id, "kdprune.stopped_at_step", str(result.get("step")))
+            self.client.set_tag(run_id, TAG_STOPPED_EARLY, "true")
+            self.client.set_tag(run_id, TAG_STOPPED_AT_STEP, str(result.get("step")))
             self.client.set_terminated(run_id, "FINISHED")
             return "stopped_early"
         metrics = [
@@ -226,14 +220,14 @@ class SweepTracker:
             for k, raw in result.items()
             if k not in BOOKKEEPING
             and "/" not in k
-            and k not in RUNG_NAMES.keys() - {"wer_dev"}
+            and k not in RUNG_METRICS.keys() - {"wer_dev"}
             and (v := _numeric(raw)) is not None
             and math.isfinite(v)
         ]
         self.client.log_batch(run_id, metrics=metrics)
         if result.get("model_dir"):
-            self.client.set_tag(run_id, "kdprune.model_dir", str(result["model_dir"]))
-        self.client.set_tag(run_id, STOPPED, "false")
+            self.client.set_tag(run_id, TAG_MODEL_DIR, str(result["model_dir"]))
+        self.client.set_tag(run_id, TAG_STOPPED_EARLY, "false")
         self.client.set_terminated(run_id, "FINISHED")
         return "finished"
 
@@ -286,8 +280,7 @@ class MlflowSweepCallback(Callback):
     def on_trial_start(self, iteration, trials, trial, **info) -> None:
         run_id, attempt = self.tracker.child_run(self.parent_run_id, trial.trial_id, trial.config)
         cfg = logged_params(trial.config)
-        knob = {"l0": "target_sparsity", "small": "target_sparsity", "lrf": "rank_ratio"}
-        k = knob.get(str(cfg["method"]))
+        k = method_knob(cfg["method"])
         log(
             f"trial {trial.trial_id} started (attempt {attempt}): {cfg['method']}"
             + (f" {k}={cfg[k]:.3g}" if k else "")
@@ -320,7 +313,12 @@ class MlflowSweepCallback(Callback):
         state = self.tracker.finish_child(run_id, result, error)
         msg = f"trial {trial.trial_id} {state}"
         if state == "finished":
-            msg += ": " + ", ".join(f"{o}={(result or {}).get(o)}" for o in self.objectives)
+            from kdprune.analysis.report import fmt_value
+
+            msg += ": " + ", ".join(
+                f"{METRIC_LABELS.get(o, o)} {fmt_value(o, (result or {}).get(o))}"
+                for o in self.objectives
+            )
         elif state == "failed":
             msg += f": {(error or (result or {}).get('failed') or '')[:300]}"
         log(msg)

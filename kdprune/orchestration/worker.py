@@ -3,23 +3,31 @@
 `run_trial` (the Tune trainable) turns the trial's config into a `CompressConfig` dict and
 fits one `TorchTrainer` named after the Tune trial id, so a restarted trial (driver crash,
 `--resume`) finds its Train run again and resumes from the last checkpoint.
-`train_fn_per_worker` (every DDP rank) builds the `TrainerContext` and calls `compress`;
-its report callback forwards each rung's metrics and rank 0's checkpoint to Ray Train
-(and through `TuneReportCallback` to Tune) and applies the multi-objective rung decision.
+`train_fn_per_worker` (every DDP rank) builds the `TrainerContext` and calls the sweep's
+trainer (`compress`); its report callback forwards each rung's metrics and rank 0's
+checkpoint to Ray Train (and through `TuneReportCallback` to Tune) and applies the
+multi-objective rung decision, and its log callback forwards the training loop's means at
+each log interval (``train/loss_rnnt``, ``prune/lambda1``...) the same way, so they reach
+Tune's results and the trial's MLflow run. Ray Train keeps rank 0's report of each.
 A trial always ends with a result carrying ``final=True`` plus either the final metrics,
 ``stopped_early=True`` or ``failed=<reason>``: the searcher and MLflow read that flag.
 """
 
 from __future__ import annotations
 
-import importlib
 import os
+from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from kdprune.contract import TRAIN_NAMESPACE
 from kdprune.orchestration.early_stop import StoppingRule, StopTrial, rung_point
+
+# What a trial runs on every Ray Train worker: `kdprune.compress.compress`'s signature,
+# (cfg, workdir, out_dir, teacher_dir, ctx) -> the DESIGN §3 final metrics.
+Trainer = Callable[..., dict[str, Any]]
 
 # Ray Train settings that cut the fixed cost of a trial (bench/orchestration.py measured
 # 26 -> 20 s per 1-worker trial on 2 busy cores): the controller polls its workers, and so
@@ -42,7 +50,7 @@ class TrialPlan:
     workdir: str  # absolute; trial outputs go to <workdir>/sweeps/<run_name>/trials/<id>
     storage: str  # Ray storage root (path or URI); Train runs live in <storage>/<run>/train
     teacher_dir: str  # "" : compress prepares (and caches) the preset's teacher
-    trainer: str  # "module:function" called like kdprune.compress.compress
+    trainer: Trainer  # kdprune.compress.compress, or a function with its signature
     num_workers: int = 1
     use_gpu: bool = False
     cpus_per_worker: float = 1.0
@@ -57,12 +65,6 @@ class TrialPlan:
         return Path(self.workdir) / "sweeps" / self.run_name / "trials" / trial_id
 
 
-def resolve_trainer(spec: str):
-    """``"package.module:function"`` -> the function."""
-    module, _, name = spec.partition(":")
-    return getattr(importlib.import_module(module), name)
-
-
 def _scalar_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
     """Numbers (finite or not), bools and short strings: what Tune and MLflow can take."""
     out: dict[str, Any] = {}
@@ -74,6 +76,13 @@ def _scalar_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
         elif hasattr(v, "item") and getattr(v, "ndim", 1) == 0:
             out[k] = float(v.item())
     return out
+
+
+def step_metrics(step: int, stats: dict[str, Any]) -> dict[str, Any]:
+    """A log interval's training means as a result: every key namespaced (the loop's bare
+    ``lr`` and ``grad_norm`` go under ``train/``), at the run's global ``step``."""
+    named = {k if "/" in k else f"{TRAIN_NAMESPACE}/{k}": v for k, v in stats.items()}
+    return {**_scalar_metrics(named), "step": int(step)}
 
 
 def failure_reason(exc: BaseException, limit: int = 2000) -> str:
@@ -125,6 +134,14 @@ class RungReporter:
             stop = bool(box[0])
         return stop
 
+    def on_log(self, step: int, stats: dict[str, float]) -> None:
+        """`TrainerContext.on_log`: reports `step_metrics` (called on every rank at the
+        same steps, as Ray Train's report requires; Train keeps rank 0's). Not a rung: no
+        early-stopping decision, no checkpoint."""
+        import ray.train
+
+        ray.train.report(step_metrics(step, stats))
+
     def _get_store(self):
         if self._store is None:
             import ray
@@ -141,6 +158,21 @@ class RungReporter:
         return self._store
 
 
+def _quiet_report_lines() -> None:
+    """Ray Train logs each report at INFO ("Reporting training result N: TrainingReport(
+    ...metrics...)", a long line per log interval and rung) through a logger named by its
+    file path (`getLogger(__file__)` in ray/train/v2/_internal/execution/context.py), so
+    the run's `LoggingConfig(log_level="WARNING")`, which filters ``ray.train.*`` names,
+    misses it: that logger is set to WARNING here."""
+    import logging
+
+    try:
+        from ray.train.v2._internal.execution import context
+    except ImportError:  # another Ray Train layout: nothing to quiet
+        return
+    logging.getLogger(context.__file__).setLevel(logging.WARNING)
+
+
 def train_fn_per_worker(loop_config: dict[str, Any]) -> None:
     """Ray Train worker: dict -> CompressConfig -> `compress` with a TrainerContext."""
     import ray.train
@@ -149,6 +181,8 @@ def train_fn_per_worker(loop_config: dict[str, Any]) -> None:
     from kdprune.compress import CompressConfig, TrainerContext
     from kdprune.utils import from_dict
 
+    _quiet_report_lines()
+
     plan: TrialPlan = loop_config["plan"]
     trial_id = loop_config["trial_id"]
     tctx = ray.train.get_context()
@@ -156,7 +190,6 @@ def train_fn_per_worker(loop_config: dict[str, Any]) -> None:
     cfg = from_dict(CompressConfig, loop_config["compress"])
     device = ray.train.torch.get_device()
     reporter = RungReporter(trial_id, rank, world, plan)
-    trainer = resolve_trainer(plan.trainer)
     checkpoint = ray.train.get_checkpoint()
 
     def wrap(model):
@@ -168,11 +201,12 @@ def train_fn_per_worker(loop_config: dict[str, Any]) -> None:
             world_size=world,
             device=str(device),
             report=reporter,
+            on_log=reporter.on_log,
             resume_dir=Path(resume) if resume else None,
             wrap_model=wrap if world > 1 else None,
         )
         try:
-            result = trainer(
+            result = plan.trainer(
                 cfg,
                 Path(plan.workdir),
                 plan.trial_out_dir(trial_id),
@@ -228,6 +262,9 @@ def run_trial(config: dict[str, Any], plan: TrialPlan) -> None:
             callbacks=[TuneReportCallback()],
             failure_config=ray.train.FailureConfig(max_failures=plan.worker_failures),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
+            # Ray Train's own INFO lines (a "Reporting training result ..." per report, the
+            # worker group's start-up) stay in its log files; warnings still show.
+            logging_config=ray.train.LoggingConfig(log_level="WARNING"),
         ),
     )
     try:

@@ -1,0 +1,145 @@
+"""The names every layer agrees on (DESIGN §3): methods and schedules, the searched
+params and their types, the metric names, the sweep objectives, the MLflow tags, and where
+MLflow tracks and keeps artefacts.
+
+This module owns these names; every other module imports them from here instead of
+spelling them again (tests/test_contract.py greps the source for copies). It imports
+nothing heavier than the standard library, so the CLI, the sweep driver, the analysis
+notebooks and Ray workers can all read it cheaply.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from kdprune.utils import default_workdir
+
+# -- methods -------------------------------------------------------------------------------
+METHODS = ("l0", "lrf", "small", "none")  # HardConcrete gates | low-rank | smaller student | dense
+SCHEDULES = ("joint", "sequential")  # prune while training RNN-T + KD | prune + KD, then RNN-T
+# The one knob each method searches; a method absent here (none) searches neither. The
+# knobs of the other methods are logged as None, so a front never shows an unused knob.
+METHOD_KNOB = {"l0": "target_sparsity", "small": "target_sparsity", "lrf": "rank_ratio"}
+KNOBS = ("target_sparsity", "rank_ratio")
+# The methods that compress the teacher itself (the paper's comparison); small and none
+# are the baselines.
+COMPRESSING_METHODS = ("l0", "lrf")
+# How a method reads in tables and plots; "+KD" is appended when kd_weight > 0.
+METHOD_LABELS = {"l0": "l0", "lrf": "LRF", "small": "small", "none": "dense"}
+
+
+def method_knob(method: object) -> str | None:
+    """The param ``method`` searches (``target_sparsity`` for l0/small, ``rank_ratio`` for
+    lrf), or None."""
+    return METHOD_KNOB.get(str(method))
+
+
+# -- params --------------------------------------------------------------------------------
+# The params of a trial's MLflow run (DESIGN §3), with their types: MLflow stores every
+# param as a string, and the loader types them back with this map. ``chunk_size`` is
+# logged for streaming trials only.
+PARAM_TYPES: dict[str, str] = {
+    "method": "str",
+    "kd_weight": "float",
+    "target_sparsity": "float",
+    "rank_ratio": "float",
+    "schedule": "str",
+    "streaming": "bool",
+    "chunk_size": "int",
+    "seed": "int",
+    "preset": "str",
+}
+PARAMS = tuple(PARAM_TYPES)
+
+# -- metrics -------------------------------------------------------------------------------
+LATENCY = "latency_ms_per_audio_s"  # mean wall-clock ms per second of audio, batch 1
+# What `compress` returns and a finished trial's run carries (plain names, DESIGN §3).
+FINAL_METRICS = (
+    "wer_dev",
+    "wer_test",
+    "params",
+    "encoder_params",
+    "params_ratio",
+    LATENCY,
+    "rtf",
+    "achieved_sparsity",
+)
+# How they read: fractions shown in %, parameter counts in k/M, and their labels.
+PERCENT_METRICS = ("wer_dev", "wer_test", "params_ratio", "achieved_sparsity")
+COUNT_METRICS = ("params", "encoder_params")
+METRIC_LABELS = {
+    "wer_dev": "WER (dev)",
+    "wer_test": "WER (test)",
+    "params": "parameters",
+    "encoder_params": "encoder parameters",
+    "params_ratio": "parameters ÷ teacher",
+    LATENCY: "latency (ms per s of audio)",
+    "rtf": "real-time factor",
+    "achieved_sparsity": "sparsity",
+}
+# Final metrics a sweep may optimise (every one minimised), and the CLI's aliases.
+OBJECTIVES = ("wer_dev", "params", LATENCY, "encoder_params", "params_ratio", "rtf")
+OBJECTIVE_ALIASES = {"latency": LATENCY, "wer": "wer_dev"}
+DEFAULT_OBJECTIVES = ("wer_dev", "params")
+# A trial's report at a rung (an evaluation step): these keys, renamed into namespaces in
+# MLflow; keys that already hold a "/" (per-step ``train/...``, ``prune/...``) keep theirs.
+RUNG_METRICS = {
+    "wer_dev": "eval/wer_dev",
+    "expected_params": "prune/expected_params",
+    "expected_sparsity": "prune/expected_sparsity",
+    "eval_params": "prune/eval_params",
+}
+# Where an l0 trial is headed at a rung (its target size); early stopping ranks on it.
+BUDGET_PARAMS = "budget_params"
+# The points early stopping ranks trials on at a rung (both minimised).
+RUNG_OBJECTIVES = ("wer_dev", "expected_params")
+# Per-step training metrics are namespaced; a bare key of the training loop (``lr``,
+# ``grad_norm``) goes under this one.
+TRAIN_NAMESPACE = "train"
+
+# -- MLflow tags ---------------------------------------------------------------------------
+TAG_ROLE = "kdprune.role"  # ROLE_SWEEP on a sweep's parent run, ROLE_TRIAL on its children
+ROLE_SWEEP, ROLE_TRIAL = "sweep", "trial"
+TAG_PARENT = "mlflow.parentRunId"  # MLflow's own nesting tag
+TAG_TRIAL_ID = "kdprune.trial_id"  # the Ray Tune trial id: a retried trial reuses its run
+TAG_ATTEMPT = "kdprune.attempt"  # how many times the trial started
+TAG_SWEEP_RUN = "kdprune.sweep_run"  # the sweep run's name, on its parent
+TAG_STOPPED_EARLY = "kdprune.stopped_early"  # "true" / "false" on a closed child
+TAG_STOPPED_AT_STEP = "kdprune.stopped_at_step"
+TAG_FAILURE_REASON = "kdprune.failure_reason"
+TAG_MODEL_DIR = "kdprune.model_dir"  # the finished trial's model directory
+TAG_SYNTHETIC = "kdprune.synthetic"  # "true" on made-up runs (test fakes): never results
+
+
+# -- where MLflow tracks -------------------------------------------------------------------
+def resolve_tracking_uri(
+    tracking_uri: str | None = None, *, workdir: str | Path | None = None
+) -> str:
+    """The MLflow tracking URI: ``tracking_uri``, else ``$MLFLOW_TRACKING_URI``, else the
+    local store ``sqlite:///<workdir>/mlflow.db`` (``workdir`` defaulting to
+    ``$KDPRUNE_WORKDIR`` or ``./work``). A local store (sqlite file, ``file:`` URI or plain
+    path) is made absolute: Ray changes the working directory of every process it starts,
+    and a notebook's directory is not the sweep's."""
+    uri = (
+        tracking_uri
+        or os.environ.get("MLFLOW_TRACKING_URI")
+        or f"sqlite:///{Path(workdir or default_workdir()) / 'mlflow.db'}"
+    )
+    if uri.startswith("sqlite:///"):
+        path = uri[len("sqlite:///") :]
+        if path != ":memory:" and not Path(path).is_absolute():
+            uri = f"sqlite:///{Path(path).resolve()}"
+    elif uri.startswith("file:") or "://" not in uri:
+        path = uri[len("file:") :].lstrip("/") if uri.startswith("file:") else uri
+        path = "/" + path if uri.startswith("file:///") else path
+        uri = Path(path).resolve().as_uri()
+    return uri
+
+
+def artifact_location(tracking_uri: str) -> str | None:
+    """Where a new experiment keeps its artefacts: ``mlartifacts/`` beside a sqlite store
+    (MLflow would default to the current directory); None (MLflow's default) otherwise."""
+    if tracking_uri.startswith("sqlite:///"):
+        return (Path(tracking_uri[len("sqlite:///") :]).parent / "mlartifacts").as_uri()
+    return None
