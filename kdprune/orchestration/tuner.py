@@ -22,15 +22,22 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from kdprune.contract import COUNT_METRICS, LATENCY, resolve_tracking_uri
 from kdprune.orchestration.config import (
     SweepConfig,
     max_concurrent_trials,
     redact,
     sweep_state_dir,
 )
+from kdprune.orchestration.worker import Trainer
 from kdprune.utils import from_dict, log, read_json, to_dict, write_json
 
-COMPRESS = "kdprune.compress:compress"
+# Ray settings of an embedded Ray (set values win): start-up messages that tell a user
+# nothing. The raylet warns once 4x `worker_maximum_startup_concurrency` (default: the
+# CPU count) Python workers run; a sweep's trials run zero-CPU helper actors by design
+# (Train controllers and synchronisers, the rung store), so a 2-core machine crossed that
+# with its first two trials. 8 still bounds how many workers start at once.
+RAY_ENV_DEFAULTS = {"RAY_worker_maximum_startup_concurrency": str(max(8, os.cpu_count() or 1))}
 
 
 @dataclass(frozen=True)
@@ -57,9 +64,10 @@ class SweepRun:
     @classmethod
     def load(cls, state_dir: Path) -> SweepRun:
         data = read_json(Path(state_dir) / "sweep.json")
+        config = {k: v for k, v in data["config"].items() if k != "trainer"}  # before 2026-12
         return cls(
             data["run_name"],
-            from_dict(SweepConfig, data["config"]),
+            from_dict(SweepConfig, config),
             data["parent_run_id"],
             tuple(data["reference_point"]),
             data.get("status", "running"),
@@ -78,40 +86,21 @@ def find_run(workdir: str | Path, name: str, resume: str | bool) -> Path | None:
 
 
 def prepare_teacher(cfg: SweepConfig) -> tuple[str, dict[str, Any]]:
-    """Teacher directory and metrics: the given one, or the preset's (built and cached
-    under the workdir by the pipeline) when trials run the real `compress`."""
-    if cfg.trainer != COMPRESS:
-        return cfg.teacher_dir, {}
-    from kdprune.pipeline import finetune
+    """Teacher directory and metrics (the given teacher, or the preset's, built and cached
+    under the workdir by the pipeline), with the corpus and feature caches built once here,
+    in the driver, before any trial starts: otherwise every concurrent trial's worker
+    synthesises the same corpus at once (seen from a fresh clone: two workers each at
+    16 utt/s over the same 6600 files)."""
+    from kdprune.prepare import prepare
 
+    if not cfg.teacher_dir:
+        log(f"preparing the {cfg.preset} teacher (cached under {cfg.workdir})")
+    prepared = prepare(cfg.preset, Path(cfg.workdir), teacher=cfg.teacher_dir or None)
     if cfg.teacher_dir:
-        from kdprune.models.model_dir import load_model_dir
-
-        m = load_model_dir(Path(cfg.teacher_dir))
-        return cfg.teacher_dir, {
-            "params": m.model.num_params(),
-            "encoder_params": m.model.encoder_params(),
-        }
-    log(f"preparing the {cfg.preset} teacher (cached under {cfg.workdir})")
-    out = finetune(cfg.preset, Path(cfg.workdir))
-    return str(out["model_dir"]), out
-
-
-def prepare_data(cfg: SweepConfig, teacher_dir: str) -> None:
-    """Build the preset's corpus and feature caches once, in the driver, before any trial
-    starts: otherwise every concurrent trial's worker synthesises the same corpus at once
-    (seen from a fresh clone: two workers each at 16 utt/s over the same 6600 files)."""
-    if cfg.trainer != COMPRESS:
-        return
-    from kdprune.data.features import load_features
-    from kdprune.models.model_dir import load_model_dir
-    from kdprune.pipeline import resolve_manifests
-
-    workdir = Path(cfg.workdir)
-    manifests = resolve_manifests(cfg.preset, workdir, None)
-    fcfg = load_model_dir(Path(teacher_dir)).config.features
-    for split in ("train", "dev", "test"):
-        load_features(manifests[split], fcfg, workdir / "features")
+        m = prepared.teacher.model
+        return cfg.teacher_dir, {"params": m.num_params(), "encoder_params": m.encoder_params()}
+    metrics = prepared.teacher.extra.get("metrics", {})  # as measured when it was trained
+    return str(prepared.teacher_dir), {"model_dir": str(prepared.teacher_dir), **metrics}
 
 
 def reference_point(objectives: tuple[str, ...], teacher: dict[str, Any]) -> tuple[float, ...]:
@@ -124,9 +113,9 @@ def reference_point(objectives: tuple[str, ...], teacher: dict[str, Any]) -> tup
             ref.append(max(1.0, 1.5 * float(teacher.get(obj) or 0.0)))
         elif obj == "params_ratio":
             ref.append(1.1)
-        elif obj in ("params", "encoder_params") and teacher.get(obj):
+        elif obj in COUNT_METRICS and teacher.get(obj):
             ref.append(1.1 * float(teacher[obj]))
-        elif obj in ("latency_ms_per_audio_s", "rtf") and teacher.get(obj):
+        elif obj in (LATENCY, "rtf") and teacher.get(obj):
             ref.append(1.5 * float(teacher[obj]))
         else:
             raise ValueError(
@@ -161,6 +150,8 @@ def connect_ray(num_cpus: int | None = None) -> bool:
     if os.environ.get("RAY_ADDRESS"):
         ray.init(address="auto", log_to_driver=True)
         return False
+    for key, value in RAY_ENV_DEFAULTS.items():  # read by the raylet started below
+        os.environ.setdefault(key, value)
     port = _free_port()
     os.environ["RAY_API_SERVER_ADDRESS"] = f"http://127.0.0.1:{port}"  # inherited by all
     ray.init(
@@ -182,16 +173,17 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def build_tuner(run: SweepRun, teacher_dir: str, resume: bool):
+def build_tuner(run: SweepRun, teacher_dir: str, resume: bool, trainer: Trainer):
     """The sweep's Tuner (new or restored) and its rung-store actor handle (or None):
-    searcher, trainable, callback, concurrency."""
+    searcher, trainable, callbacks, concurrency."""
     import ray
     from ray import tune
+    from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 
     from kdprune.orchestration.early_stop import StoppingRule, start_store, store_name
     from kdprune.orchestration.search import build_searcher
     from kdprune.orchestration.space import SearchSpace
-    from kdprune.orchestration.tracking import MlflowSweepCallback, resolve_tracking_uri
+    from kdprune.orchestration.tracking import MlflowSweepCallback
     from kdprune.orchestration.worker import TrialPlan, run_trial
 
     cfg = run.config
@@ -205,7 +197,7 @@ def build_tuner(run: SweepRun, teacher_dir: str, resume: bool):
         workdir=cfg.workdir,
         storage=cfg.storage,
         teacher_dir=teacher_dir,
-        trainer=cfg.trainer,
+        trainer=trainer,
         num_workers=cfg.num_workers,
         use_gpu=cfg.use_gpu,
         cpus_per_worker=cfg.cpus_per_worker,
@@ -230,7 +222,7 @@ def build_tuner(run: SweepRun, teacher_dir: str, resume: bool):
         cfg, SearchSpace(cfg.space, cfg.preset, cfg.seed, cfg.steps), run.optuna_url, run.run_name
     )
     callback = MlflowSweepCallback(
-        resolve_tracking_uri(cfg.workdir),
+        resolve_tracking_uri(workdir=cfg.workdir),
         cfg.name,
         run.run_name,
         run.parent_run_id,
@@ -248,7 +240,9 @@ def build_tuner(run: SweepRun, teacher_dir: str, resume: bool):
         run_config=tune.RunConfig(
             name=run.run_name,
             storage_path=cfg.storage,
-            callbacks=[callback],
+            # Tune's result files, without its TensorBoard logger (and the hint it prints):
+            # MLflow is where results are read (TUNE_DISABLE_AUTO_CALLBACK_LOGGERS=1).
+            callbacks=[callback, CSVLoggerCallback(), JsonLoggerCallback()],
             failure_config=tune.FailureConfig(max_failures=cfg.trial_failures),
             verbose=0,
         ),
@@ -256,11 +250,14 @@ def build_tuner(run: SweepRun, teacher_dir: str, resume: bool):
     return tuner, store
 
 
-def start_run(cfg: SweepConfig, resume: str | bool) -> tuple[SweepRun, str, dict[str, Any]]:
-    """The run to execute (new, or the one to resume) with its MLflow parent and teacher."""
-    from kdprune.orchestration.tracking import SweepTracker, resolve_tracking_uri
+def start_run(
+    cfg: SweepConfig, resume: str | bool, prepare: bool = True
+) -> tuple[SweepRun, str, dict[str, Any]]:
+    """The run to execute (new, or the one to resume) with its MLflow parent and teacher;
+    ``prepare``: build the preset's teacher and data caches first (for `compress`)."""
+    from kdprune.orchestration.tracking import SweepTracker
 
-    uri = resolve_tracking_uri(cfg.workdir)
+    uri = resolve_tracking_uri(workdir=cfg.workdir)
     found = find_run(cfg.workdir, cfg.name, resume) if resume else None
     if resume and found is None:
         raise FileNotFoundError(
@@ -269,13 +266,15 @@ def start_run(cfg: SweepConfig, resume: str | bool) -> tuple[SweepRun, str, dict
     if found is not None:
         run = SweepRun.load(found)
         log(f"resuming sweep run {run.run_name} ({found}) with its stored settings")
-        teacher_dir, _ = prepare_teacher(run.config)
-        prepare_data(run.config, teacher_dir)
+        teacher_dir = run.config.teacher_dir
+        if prepare:
+            teacher_dir, _ = prepare_teacher(run.config)
         SweepTracker(uri, run.config.name, run.run_name).parent_run({})
         return run, teacher_dir, {}
     run_name = f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    teacher_dir, teacher = prepare_teacher(cfg)
-    prepare_data(cfg, teacher_dir)
+    teacher_dir, teacher = cfg.teacher_dir, {}
+    if prepare:
+        teacher_dir, teacher = prepare_teacher(cfg)
     ref = tuple(cfg.reference_point) or reference_point(cfg.objectives, teacher)
     tracker = SweepTracker(uri, cfg.name, run_name)
     params = {
@@ -296,30 +295,42 @@ def start_run(cfg: SweepConfig, resume: str | bool) -> tuple[SweepRun, str, dict
 
 
 def run_sweep(
-    cfg: SweepConfig, resume: str | bool = False, num_cpus: int | None = None
+    cfg: SweepConfig,
+    resume: str | bool = False,
+    num_cpus: int | None = None,
+    *,
+    trainer: Trainer | None = None,
 ) -> dict[str, Any]:
-    """Run (or resume) a sweep to the end; returns the DESIGN §3 sweep result."""
+    """Run (or resume) a sweep to the end; returns the DESIGN §3 sweep result.
+
+    ``trainer`` is what every trial runs on each of its Ray Train workers: by default
+    `kdprune.compress.compress`, for which the driver first prepares (and caches) the
+    preset's teacher and data. Any function with `compress`'s signature and result keys
+    may stand in, e.g. a seconds-fast one to exercise the orchestration (Ray Train in
+    Tune, rungs, checkpoints, resume, MLflow) in tests and benchmarks; it gets
+    ``cfg.teacher_dir`` as given and prepares its own inputs. Ray imports it by name on
+    every node, so it must be a module-level function of a module the workers can import
+    (a driver script's folder is on their path)."""
     import ray
 
     from kdprune.orchestration.search import fail_orphans
-    from kdprune.orchestration.tracking import (
-        SweepTracker,
-        check_tracking_uri,
-        resolve_tracking_uri,
-    )
+    from kdprune.orchestration.tracking import SweepTracker, check_tracking_uri
 
     t0 = time.time()
     cfg = cfg.resolved()
     cfg.check()
-    uri = resolve_tracking_uri(cfg.workdir)
+    uri = resolve_tracking_uri(workdir=cfg.workdir)
     check_tracking_uri(uri)  # before Ray, the teacher or any trial
-    run, teacher_dir, _ = start_run(cfg, resume)
+    run, teacher_dir, _ = start_run(cfg, resume, prepare=trainer is None)
+    if trainer is None:
+        from kdprune.compress import compress as trainer
     log(f"MLflow: {redact(uri)} experiment {run.config.name!r}, parent run {run.parent_run_id}")
     started_here = connect_ray(num_cpus or local_cpus(run.config))
     try:
         # Rung results carry no final objective; Tune would refuse them.
         os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")
-        tuner, _store = build_tuner(run, teacher_dir, resume=bool(resume))
+        os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+        tuner, _store = build_tuner(run, teacher_dir, resume=bool(resume), trainer=trainer)
         tuner.fit()
         orphans = fail_orphans(run.optuna_url, run.run_name)
         if orphans:
