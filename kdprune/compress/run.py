@@ -25,8 +25,13 @@ from kdprune.compress.stage import Stage, StageEnv, run_stage
 from kdprune.compress.student import build_student, evaluate_student
 from kdprune.models.model_dir import save_model_dir
 from kdprune.prepare import prepare, teacher_dir_of
+from kdprune.pruning.budget import fit_to_budget, min_params
 from kdprune.pruning.materialise import materialise
 from kdprune.utils import config_hash, default_workdir, log, read_json, to_dict, write_json
+
+# An l0 run's materialised encoder keeps its budget to within this share of the teacher's
+# encoder params (1 point of sparsity); further off, the budget is enforced at materialisation.
+BUDGET_TOLERANCE = 0.01
 
 
 def compress(
@@ -64,6 +69,13 @@ def compress(
     recipe = compress_recipe(cfg)
     student, state = build_student(cfg, teacher, recipe)
     student.to(ctx.device)
+    budget = state.teacher_encoder_params * (1 - cfg.target_sparsity)
+    if state.gated and min_params(student) > budget:  # fail now, not after training
+        raise ValueError(
+            f"target sparsity {cfg.target_sparsity} cannot be met: with every gate off "
+            f"{min_params(student):,} of the teacher's {state.teacher_encoder_params:,} "
+            "encoder params remain (front end, norms); lower --target-sparsity"
+        )
     env = StageEnv(
         teacher=teacher,
         data=data,
@@ -89,6 +101,20 @@ def compress(
     student = run_stage(prune, student, state, env)
 
     # Materialise: a plain, physically smaller model (no pruning code needed to run it).
+    # An l0 model meets its budget: gates that have not converged in the steps given keep
+    # their highest-scoring units up to it (kdprune.pruning.budget.fit_to_budget).
+    budget_fitted = False
+    if state.gated:
+        fit = fit_to_budget(student, budget, BUDGET_TOLERANCE * state.teacher_encoder_params)
+        budget_fitted = fit.adjusted
+        if fit.adjusted:
+            t = state.teacher_encoder_params
+            log(
+                f"warning: the gates had not converged to the budget in {recipe.prune_steps} "
+                f"steps (their masks keep sparsity {1 - fit.gate_params / t:.3f}, target "
+                f"{cfg.target_sparsity}); materialising the highest-scoring units that fit: "
+                f"sparsity {1 - fit.params / t:.3f}"
+            )
     plain = copy.deepcopy(student).cpu()
     if state.gated or state.factorised:
         plain = materialise(plain.eval())
@@ -108,6 +134,8 @@ def compress(
 
     metrics = evaluate_student(plain, data, ctx.device)
     metrics.update({"prune_steps": recipe.prune_steps, "finetune_steps": finetune.steps})
+    if cfg.method in ("l0", "small"):
+        metrics.update({"target_sparsity": cfg.target_sparsity, "budget_fitted": budget_fitted})
     if ctx.rank == 0:
         extra = {
             "stage": "compress",
