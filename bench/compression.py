@@ -37,6 +37,7 @@ import time
 
 import torch
 
+from kdprune.contract import COMPRESSING_METHODS
 from kdprune.data.batching import Batch
 from kdprune.eval.latency import measure_latency, sync
 from kdprune.models.conformer import ConformerEncoder
@@ -196,7 +197,7 @@ def bench_latency(args, dev_name: str) -> None:
     if "P2" in args.measures:
         speed = {
             m: {str(s): round(ms.ratio("teacher", f"{m}_{s}"), 3) for s in SPARSITIES}
-            for m in ("l0", "lrf")
+            for m in COMPRESSING_METHODS
         }
         emit(
             "P2",
@@ -258,26 +259,15 @@ def step_fn(model: Transducer, batch: Batch, device: str, lag: Lagrangian | None
     return timed
 
 
-def model_config(p) -> ModelConfig:
-    return ModelConfig(
-        vocab_size=p.vocab_size,
-        features=p.features,
-        encoder=p.encoder,
-        pred_dim=p.pred_dim,
-        joint_dim=p.joint_dim,
-    )
-
-
-def demo_model(device: str) -> Transducer:
-    p = get_preset("demo")
-    cfg = model_config(p)
+def preset_model(device: str, preset: str = "demo") -> Transducer:
+    """The preset's dense RNN-T, random weights (seed 0)."""
     torch.manual_seed(0)
-    return Transducer(cfg).to(device)
+    return Transducer(get_preset(preset).model_config()).to(device)
 
 
 def bench_train_step(args, dev_name: str) -> None:
     """P4: per-step training time of gated and factorised students vs the dense one."""
-    dense = demo_model(args.device)
+    dense = preset_model(args.device)
     b, frames = (8, 400) if args.device == "cpu" else (64, 1600)
     batch = synthetic_batch(dense.cfg, b, frames, 20, args.device)
     gated = copy.deepcopy(dense)
@@ -321,12 +311,9 @@ def bench_mfu(args, dev_name: str) -> None:
     """P7: model FLOPs (fwd+bwd, counted) ÷ (step time × peak bf16 FLOP/s)."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    p = get_preset(args.p7_preset)
-    cfg = model_config(p)
-    torch.manual_seed(0)
-    model = Transducer(cfg).to(args.device)
+    model = preset_model(args.device, args.p7_preset)
     b, frames, tokens = (args.p7_batch, 1600, 60) if args.device == "cuda" else (2, 400, 10)
-    batch = synthetic_batch(cfg, b, frames, tokens, args.device)
+    batch = synthetic_batch(model.cfg, b, frames, tokens, args.device)
     amp = torch.autocast(args.device, dtype=torch.bfloat16)
     model.train()
     with FlopCounterMode(display=False) as fc:

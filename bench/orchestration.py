@@ -4,16 +4,19 @@
   and batch, the same torch threads (goal <= 1.10); plain and Ray rounds interleaved,
   medians compared (the machine may be busy).
 - trial_overhead: fixed wall time of one sweep trial (Tune trial driver + Train controller
-  + worker group + teardown) with a trainer that does no work, for Ray Train's defaults
-  and for kdprune's (`worker.TRAIN_ENV_DEFAULTS`), so what the defaults cut is measured.
-- early_stopping: the same synthetic sweep (fixed configs) with and without the
-  multi-objective rung stopping: summed trial time and the Pareto front of each.
+  + worker group + teardown) with a trainer that does no work (bench/cheap_trainer.py),
+  for Ray Train's defaults and for kdprune's (`worker.TRAIN_ENV_DEFAULTS`), so what the
+  defaults cut is measured.
+- early_stopping: the same sweep of the cheap trainer (fixed configs, through
+  `run_sweep(trainer=...)`) with and without the multi-objective rung stopping: summed
+  trial time and the Pareto front of each.
 - P6: wall time of the demo sweep (``--p6``; a fresh ``--workdir`` measures it from a
   clean clone, corpus and teacher included). Off by default: it takes long on 2 cores.
 
 Usage:
     .venv/bin/python bench/orchestration.py                 # P3, trial_overhead, early_stopping
     .venv/bin/python bench/orchestration.py --only P3
+    .venv/bin/python bench/orchestration.py --only early_stopping --es-trials 4   # short
     .venv/bin/python bench/orchestration.py --p6 --workdir /tmp/fresh
 """
 
@@ -30,6 +33,10 @@ import time
 from pathlib import Path
 
 import torch
+from cheap_trainer import STEP_S_ENV, cheap_compress  # by name, as the Ray workers import it
+from compression import preset_model, synthetic_batch
+
+from kdprune.contract import KNOBS, ROLE_TRIAL, TAG_ROLE, TAG_STOPPED_AT_STEP, method_knob
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -58,34 +65,10 @@ def emit(measure: str, value: float, goal, unit: str, **details) -> None:
 # -- P3 -------------------------------------------------------------------------------------
 
 
-def _demo_model_and_batch(seed: int = 0):
-    from kdprune.data.batching import Batch
-    from kdprune.models.transducer import ModelConfig, Transducer
-    from kdprune.presets import get_preset
-
-    p = get_preset("demo")
-    torch.manual_seed(seed)
-    model = Transducer(
-        ModelConfig(
-            vocab_size=p.vocab_size,
-            features=p.features,
-            encoder=p.encoder,
-            pred_dim=p.pred_dim,
-            pred_layers=1,
-            joint_dim=p.joint_dim,
-        )
-    )
-    g = torch.Generator().manual_seed(seed)
-    b, t, u = 8, 300, 12
-    batch = Batch(
-        torch.randn(b, t, p.features.n_mels, generator=g),
-        torch.full((b,), t, dtype=torch.long),
-        torch.randint(0, p.vocab_size, (b, u), generator=g),
-        torch.full((b,), u, dtype=torch.long),
-        [""] * b,
-        list(range(b)),
-    )
-    return model, batch
+def _demo_model_and_batch():
+    """The demo preset's RNN-T (random weights) and a fixed batch of 8 x 300 frames."""
+    model = preset_model("cpu")
+    return model, synthetic_batch(model.cfg, 8, 300, 12, "cpu")
 
 
 def _timed_steps(model, batch, steps: int, warmup: int) -> float:
@@ -199,7 +182,7 @@ def overhead_variant(name: str, train_env: tuple, trials: int, storage: str) -> 
         workdir=storage,
         storage=storage,
         teacher_dir="",
-        trainer="kdprune.orchestration.synthetic:synthetic_compress",
+        trainer=cheap_compress,
         train_env=train_env,
     )
     clock = _Clock()
@@ -252,40 +235,42 @@ def bench_overhead(trials: int, storage: str) -> None:
 
 def bench_early_stopping(trials: int, workdir: Path) -> None:
     """Same configs (enqueued, so both runs try the same ones), with and without rung
-    stopping; KDPRUNE_SYNTHETIC_STEP_S makes training time dominate the fixed cost."""
+    stopping; each step of the cheap trainer sleeps, so training time dominates the fixed
+    cost of a trial."""
     import numpy as np
 
-    space = [("l0", "target_sparsity", v) for v in np.linspace(0.2, 0.8, trials // 2)]
-    space += [("lrf", "rank_ratio", v) for v in np.linspace(0.15, 0.8, trials - trials // 2)]
+    from kdprune.orchestration.config import SpaceConfig, SweepConfig
+    from kdprune.orchestration.tuner import run_sweep
+
+    space = [("l0", v) for v in np.linspace(0.2, 0.8, trials // 2)]
+    space += [("lrf", v) for v in np.linspace(0.15, 0.8, trials - trials // 2)]
     rng = np.random.default_rng(0)
     rng.shuffle(space)
-    points = [{"method": m, k: round(float(v), 3), "kd_weight": 1.0} for m, k, v in space]
+    points = tuple(
+        {"method": m, method_knob(m): round(float(v), 3), "kd_weight": 1.0} for m, v in space
+    )
+    os.environ.update({STEP_S_ENV: "0.1", "OMP_NUM_THREADS": "1"})  # before Ray starts
     runs = {}
-    for label, flag in (("without", ["--no-early-stopping"]), ("with", [])):
-        env = {**os.environ, "KDPRUNE_SYNTHETIC_STEP_S": "0.1", "OMP_NUM_THREADS": "1"}
-        env["KDPRUNE_WORKDIR"] = str(workdir / label)
-        code = (
-            "import sys, json; from kdprune.orchestration import cli; "
-            "from kdprune.orchestration.config import SpaceConfig; "
-            f"sys.exit(cli.main(None, 'es_{label}', SpaceConfig(), smoke={{'initial_points': "
-            f"tuple(json.loads({json.dumps(json.dumps(points))}))}}))"
+    for label, early in (("without", False), ("with", True)):
+        cfg = SweepConfig(
+            name=f"es_{label}",
+            preset="tiny",
+            trials=trials,
+            steps=60,
+            space=SpaceConfig(),
+            initial_points=points,
+            reference_point=(1.0, 130000.0),
+            early_stopping=early,
+            workdir=str(workdir / label),
         )
-        args = ["--smoke-test", "--trials", str(trials), "--steps", "60", "--num-cpus", "2"]
-        args += ["--trainer", "kdprune.orchestration.synthetic:synthetic_compress"]
-        args += ["--reference-point", "1.0,130000", *flag]
         t0 = time.perf_counter()
-        proc = subprocess.run(
-            [sys.executable, "-c", code, *args], env=env, capture_output=True, text=True
-        )
-        if proc.returncode:
-            raise RuntimeError(proc.stderr[-3000:])
-        result = json.loads(proc.stdout.strip().splitlines()[-1])
+        result = run_sweep(cfg, num_cpus=2, trainer=cheap_compress)
         runs[label] = (result, time.perf_counter() - t0, *_trial_cost(result, 60))
     (res_w, wall_w, secs_w, steps_w), (res_o, wall_o, secs_o, steps_o) = (
         runs["with"],
         runs["without"],
     )
-    key = ("method", "target_sparsity", "rank_ratio")
+    key = ("method", *KNOBS)
     front_w = {tuple(r.get(k) for k in key) for r in res_w["pareto"]}
     front_o = {tuple(r.get(k) for k in key) for r in res_o["pareto"]}
     emit(
@@ -316,9 +301,9 @@ def _trial_cost(result: dict, steps: int) -> tuple[float, int]:
 
     client = MlflowClient(result["tracking_uri"])
     exp = client.get_experiment_by_name(result["experiment"])
-    runs = client.search_runs([exp.experiment_id], "tags.`kdprune.role` = 'trial'")
+    runs = client.search_runs([exp.experiment_id], f"tags.`{TAG_ROLE}` = '{ROLE_TRIAL}'")
     secs = float(sum(r.data.metrics.get("time/trial_s", 0.0) for r in runs))
-    done = sum(int(float(r.data.tags.get("kdprune.stopped_at_step", steps))) for r in runs)
+    done = sum(int(float(r.data.tags.get(TAG_STOPPED_AT_STEP, steps))) for r in runs)
     return secs, done
 
 
@@ -339,6 +324,17 @@ def bench_p6(workdir: Path, trials: int | None) -> None:
     emit("P6", wall / 60, 20, "min", trials=result["trials"], pareto=len(result["pareto"]))
 
 
+def _shared_ray(on: bool, num_cpus: int) -> None:
+    """One Ray for the P3 and trial-overhead rounds; none while a sweep runs (`run_sweep`
+    starts and stops its own embedded Ray, as the sweep scripts do)."""
+    import ray
+
+    if on and not ray.is_initialized():
+        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False)
+    elif not on and ray.is_initialized():
+        ray.shutdown()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--only", choices=("P3", "trial_overhead", "early_stopping", "P6"))
@@ -355,12 +351,9 @@ def main() -> None:
     todo = [args.only] if args.only else ["P3", "trial_overhead", "early_stopping"]
     if args.p6 and "P6" not in todo:
         todo.append("P6")
-    if {"P3", "trial_overhead"} & set(todo):
-        import ray
-
-        ray.init(address="local", num_cpus=max(2, args.threads + 1), include_dashboard=False)
     with contextlib.redirect_stdout(sys.stderr):
         for m in todo:
+            _shared_ray(m in ("P3", "trial_overhead"), max(2, args.threads + 1))
             if m == "P3":
                 bench_p3(args.steps, 3, args.threads, str(tmp / "ray"), args.rounds)
             elif m == "trial_overhead":

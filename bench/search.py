@@ -258,8 +258,8 @@ def run_benchmark(
 
 
 def main(argv: list[str] | None = None) -> int:
+    from kdprune.contract import PRESETS
     from kdprune.orchestration.config import SAMPLERS
-    from kdprune.presets import PRESETS
     from kdprune.utils import default_workdir, emit_result
 
     ap = argparse.ArgumentParser(

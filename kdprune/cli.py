@@ -9,21 +9,32 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from dataclasses import fields
 from pathlib import Path
+from typing import Any
 
+from kdprune.contract import METHODS, PRESETS, SCHEDULES
 from kdprune.utils import default_workdir, emit_result
+
+# Each `cmd_*` imports the stage it runs inside the function, on purpose: the pipeline
+# pulls in torch (seconds to import on a busy core), `report` mlflow and pandas; so
+# `kdprune --help`, a mistyped flag or `kdprune data librispeech` answers at once.
+MANIFEST_SPLITS = ("train", "dev", "test")
 
 
 def _manifests(args: argparse.Namespace) -> dict[str, Path] | None:
-    given = {s: getattr(args, f"{s}_manifest", None) for s in ("train", "dev", "test")}
+    given = {s: getattr(args, f"{s}_manifest", None) for s in MANIFEST_SPLITS}
     if not any(given.values()):
         return None
     return {k: Path(v) for k, v in given.items() if v}
 
 
-def _add_common(p: argparse.ArgumentParser, manifests: bool = True) -> None:
-    from kdprune.presets import PRESETS
+def _flags(args: argparse.Namespace, *names: str) -> dict[str, Any]:
+    """The parsed flags ``names`` as keyword arguments of the same names."""
+    return {name: getattr(args, name) for name in names}
 
+
+def _add_common(p: argparse.ArgumentParser, manifests: bool = True) -> None:
     p.add_argument(
         "--preset", default="demo", choices=PRESETS, help="configuration preset (default: demo)"
     )
@@ -34,7 +45,7 @@ def _add_common(p: argparse.ArgumentParser, manifests: bool = True) -> None:
         help="work directory (default $KDPRUNE_WORKDIR or ./work)",
     )
     if manifests:
-        for s in ("train", "dev", "test"):
+        for s in MANIFEST_SPLITS:
             p.add_argument(
                 f"--{s}-manifest",
                 type=Path,
@@ -80,13 +91,8 @@ def cmd_finetune(args) -> dict:
         args.preset,
         args.workdir,
         _manifests(args),
-        init=args.init,
-        retrain=args.retrain,
         out_dir=args.out,
-        max_steps=args.max_steps,
-        max_minutes=args.max_minutes,
-        seed=args.seed,
-        lr=args.lr,
+        **_flags(args, "init", "retrain", "max_steps", "max_minutes", "seed", "lr"),
     )
 
 
@@ -101,13 +107,7 @@ def cmd_evaluate(args) -> dict:
             "evaluate it without --streaming or compress it with --streaming"
         )
     res = evaluate(
-        m.model,
-        m.tokenizer,
-        args.manifest,
-        args.device,
-        args.beam,
-        args.output,
-        streaming=args.streaming,
+        m.model, m.tokenizer, **_flags(args, "manifest", "device", "beam", "output", "streaming")
     )
     return {"model_dir": Path(args.model).resolve(), **res}
 
@@ -115,19 +115,7 @@ def cmd_evaluate(args) -> dict:
 def cmd_compress(args) -> dict:
     from kdprune.compress import CompressConfig, compress
 
-    cfg = CompressConfig(
-        preset=args.preset,
-        method=args.method,
-        kd_weight=args.kd_weight,
-        target_sparsity=args.target_sparsity,
-        rank_ratio=args.rank_ratio,
-        schedule=args.schedule,
-        streaming=args.streaming,
-        chunk_size=args.chunk_size,
-        left_chunks=args.left_chunks,
-        seed=args.seed,
-        steps=args.steps,
-    )
+    cfg = CompressConfig(**_flags(args, *(f.name for f in fields(CompressConfig))))
     return compress(cfg, args.workdir, out_dir=args.out, teacher_dir=args.teacher)
 
 
@@ -140,7 +128,7 @@ def cmd_export(args) -> dict:
 def cmd_report(args) -> dict:
     from kdprune.analysis.report import write_report
 
-    return write_report(args.experiment, args.tracking_uri, args.out)
+    return write_report(args.experiment, args.tracking_uri, args.out, register=args.register)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -188,7 +176,7 @@ def build_parser() -> argparse.ArgumentParser:
         "compress", help="one compression run: l0 / LRF / small / none, KD, joint or sequential"
     )
     _add_common(p, manifests=False)
-    p.add_argument("--method", default="l0", help="l0 | lrf | small | none")
+    p.add_argument("--method", default="l0", choices=METHODS)
     p.add_argument("--kd-weight", type=float, default=1.0, help="weight of the KD loss (0: off)")
     p.add_argument(
         "--target-sparsity",
@@ -202,7 +190,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=0.5,
         help="rank / min(out, in) of factorised projections (lrf)",
     )
-    p.add_argument("--schedule", default="joint", help="joint | sequential")
+    p.add_argument(
+        "--schedule",
+        default="joint",
+        choices=SCHEDULES,
+        help="joint: prune while training with RNN-T + KD; sequential: prune + KD, then RNN-T",
+    )
     p.add_argument(
         "--streaming", action="store_true", help="chunked attention + causal conv student"
     )
@@ -239,6 +232,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--experiment", required=True)
     p.add_argument("--tracking-uri", default=None)
     p.add_argument("--out", type=Path, default=None)
+    p.add_argument("--register", nargs="?", const="knee", choices=("knee", "front"),
+                   help="put the knee model (or the whole front) in the MLflow Model Registry")  # fmt: skip
     p.set_defaults(func=cmd_report)
     return ap
 

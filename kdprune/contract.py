@@ -1,4 +1,4 @@
-"""The names every layer agrees on (DESIGN §3): methods and schedules, the searched
+"""The names every layer agrees on (DESIGN §3): presets, methods and schedules, the searched
 params and their types, the metric names, the sweep objectives, the MLflow tags, and where
 MLflow tracks and keeps artefacts.
 
@@ -15,7 +15,8 @@ from pathlib import Path
 
 from kdprune.utils import default_workdir
 
-# -- methods -------------------------------------------------------------------------------
+# -- presets and methods -------------------------------------------------------------------
+PRESETS = ("tiny", "demo", "paper")  # tests | the README main job on 2 cores | LibriSpeech scale
 METHODS = ("l0", "lrf", "small", "none")  # HardConcrete gates | low-rank | smaller student | dense
 SCHEDULES = ("joint", "sequential")  # prune while training RNN-T + KD | prune + KD, then RNN-T
 # The one knob each method searches; a method absent here (none) searches neither. The
@@ -54,20 +55,8 @@ PARAMS = tuple(PARAM_TYPES)
 
 # -- metrics -------------------------------------------------------------------------------
 LATENCY = "latency_ms_per_audio_s"  # mean wall-clock ms per second of audio, batch 1
-# What `compress` returns and a finished trial's run carries (plain names, DESIGN §3).
-FINAL_METRICS = (
-    "wer_dev",
-    "wer_test",
-    "params",
-    "encoder_params",
-    "params_ratio",
-    LATENCY,
-    "rtf",
-    "achieved_sparsity",
-)
-# How they read: fractions shown in %, parameter counts in k/M, and their labels.
-PERCENT_METRICS = ("wer_dev", "wer_test", "params_ratio", "achieved_sparsity")
-COUNT_METRICS = ("params", "encoder_params")
+# What `compress` returns and a finished trial's run carries (plain names, DESIGN §3),
+# each with its label in tables and plots.
 METRIC_LABELS = {
     "wer_dev": "WER (dev)",
     "wer_test": "WER (test)",
@@ -78,6 +67,10 @@ METRIC_LABELS = {
     "rtf": "real-time factor",
     "achieved_sparsity": "sparsity",
 }
+FINAL_METRICS = tuple(METRIC_LABELS)
+# How they read: fractions shown in %, parameter counts in k/M.
+PERCENT_METRICS = ("wer_dev", "wer_test", "params_ratio", "achieved_sparsity")
+COUNT_METRICS = ("params", "encoder_params")
 # Final metrics a sweep may optimise (every one minimised), and the CLI's aliases.
 OBJECTIVES = ("wer_dev", "params", LATENCY, "encoder_params", "params_ratio", "rtf")
 OBJECTIVE_ALIASES = {"latency": LATENCY, "wer": "wer_dev"}

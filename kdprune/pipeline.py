@@ -7,7 +7,6 @@ that output already exists, and runs the stages it depends on when theirs are mi
 from __future__ import annotations
 
 import platform
-import shutil
 import sys
 import time
 from dataclasses import replace
@@ -27,14 +26,14 @@ from kdprune.data.features import (
 from kdprune.data.manifest import read_manifest
 from kdprune.data.synth import SPLITS, synth_config, synth_corpus
 from kdprune.data.tokenizer import Tokenizer, train_tokenizer
-from kdprune.eval.evaluate import evaluate, model_latency, wer_on
+from kdprune.eval.evaluate import model_latency, wer_on
 from kdprune.eval.streaming_eval import stream_transcribe
 from kdprune.eval.wer import corpus_wer
 from kdprune.model_card import write_model_card
 from kdprune.models.conformer import ConformerEncoder
-from kdprune.models.model_dir import LoadedModel, load_model_dir, save_model_dir
+from kdprune.models.model_dir import load_model_dir, save_model_dir
 from kdprune.models.ssl import BestRq
-from kdprune.models.transducer import ModelConfig, Transducer
+from kdprune.models.transducer import Transducer
 from kdprune.presets import Preset, get_preset
 from kdprune.train.loop import fit
 from kdprune.train.losses import asr_loss
@@ -205,15 +204,7 @@ def finetune(
     train = features(manifests, preset, workdir, "train")
     dev = features(manifests, preset, workdir, "dev")
     torch.manual_seed(seed)
-    mcfg = ModelConfig(
-        vocab_size=tok.vocab_size,
-        features=preset.features,
-        encoder=preset.encoder,
-        pred_dim=preset.pred_dim,
-        pred_layers=1,
-        joint_dim=preset.joint_dim,
-    )
-    model = Transducer(mcfg)
+    model = Transducer(preset.model_config(tok.vocab_size))
     mean, std = _train_stats(train)
     model.normaliser.mean.copy_(mean)
     model.normaliser.std.copy_(std)
@@ -315,21 +306,3 @@ def _corpus_summary(manifests: dict[str, Path]) -> dict[str, Any] | None:
             f"{d.get('utterances')} utts / {d.get('hours')} h / {d.get('num_voices')} voices {d.get('engines')}"
         )
     return out
-
-
-def load_teacher(model_dir: Path) -> LoadedModel:
-    return load_model_dir(model_dir)
-
-
-def evaluate_dir(
-    model_dir: Path, manifest: Path, device: str = "cpu", beam: int = 1, output: Path | None = None
-) -> dict[str, Any]:
-    m = load_model_dir(model_dir, device)
-    return {
-        "model_dir": str(Path(model_dir).resolve()),
-        **evaluate(m.model, m.tokenizer, manifest, device, beam, output),
-    }
-
-
-def copy_model_dir(src: Path, dst: Path) -> None:
-    shutil.copytree(src, dst, dirs_exist_ok=True)

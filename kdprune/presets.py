@@ -13,13 +13,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
+from kdprune.contract import PRESETS
 from kdprune.data.features import FeatureConfig
 from kdprune.data.synth_config import SynthConfig
 from kdprune.models.conformer import ConformerConfig
 from kdprune.models.ssl import BestRqConfig
+from kdprune.models.transducer import ModelConfig
 from kdprune.train.loop import TrainConfig
 
-PRESETS = ("tiny", "demo", "paper")
+__all__ = ["PRESETS", "CompressRecipe", "Preset", "check_preset", "get_preset"]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -29,7 +31,9 @@ class CompressRecipe:
     prune_steps: int  # stage 1 (joint: prune + RNN-T + KD; sequential: prune + KD)
     finetune_steps: int  # stage 2: mask-free fine-tune after materialisation
     target_warmup_steps: int  # the sparsity target rises linearly over these steps
-    train: TrainConfig  # LR of the weights, batch size, eval cadence (max_steps unused)
+    # LR of the weights, batch size, eval cadence (max_steps unused): the preset's
+    # fine-tuning config with the changes each preset lists.
+    train: TrainConfig
     lr_gates: float = 0.02  # HardConcrete log-alpha (constant LR)
     lr_lambda: float = 0.02  # Lagrange multipliers (constant LR, gradient ascent)
 
@@ -47,6 +51,17 @@ class Preset:
     finetune: TrainConfig
     compress: CompressRecipe
     corpus: SynthConfig  # the generated corpus (`kdprune data synth`)
+
+    def model_config(self, vocab_size: int | None = None) -> ModelConfig:
+        """The dense RNN-T of this preset (the teacher's shape); ``vocab_size``: the
+        tokenizer's, when it differs from the preset's."""
+        return ModelConfig(
+            vocab_size=vocab_size or self.vocab_size,
+            features=self.features,
+            encoder=self.encoder,
+            pred_dim=self.pred_dim,
+            joint_dim=self.joint_dim,
+        )
 
 
 def check_preset(name: str) -> str:
@@ -97,16 +112,15 @@ def _tiny() -> Preset:
             prune_steps=40,
             finetune_steps=10,
             target_warmup_steps=20,
-            train=TrainConfig(
+            # The fine-tuning batches; a lower LR, rungs and checkpoints every 20 steps.
+            train=replace(
+                base,
                 max_steps=0,
                 lr=2e-3,
                 warmup_steps=5,
-                max_frames=6000,
-                max_batch=16,
                 eval_every=20,
-                log_every=10,
                 checkpoint_every=20,
-                ctc_weight=0.3,
+                spec_augment=True,
             ),
             lr_gates=0.1,
             lr_lambda=0.1,
@@ -176,7 +190,8 @@ def _demo() -> Preset:
             prune_steps=200,
             finetune_steps=50,
             target_warmup_steps=100,
-            train=TrainConfig(
+            train=replace(
+                base,
                 max_steps=0,
                 lr=5e-4,
                 warmup_steps=20,
@@ -185,7 +200,6 @@ def _demo() -> Preset:
                 eval_every=50,
                 log_every=25,
                 checkpoint_every=50,
-                ctc_weight=0.3,
             ),
             lr_gates=0.1,
             lr_lambda=0.1,
@@ -233,16 +247,13 @@ def _paper() -> Preset:
             prune_steps=20000,
             finetune_steps=5000,
             target_warmup_steps=10000,
-            train=TrainConfig(
+            train=replace(
+                base,
                 max_steps=0,
                 lr=2e-4,
                 warmup_steps=1000,
-                max_frames=200000,
-                max_batch=256,
                 eval_every=2000,
-                log_every=100,
                 checkpoint_every=1000,
-                ctc_weight=0.3,
             ),
         ),
         # ~25k WordNet example sentences over an ~18.5k-word vocabulary, each train

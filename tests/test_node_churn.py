@@ -31,26 +31,12 @@ from pathlib import Path
 
 import psutil
 import pytest
+import sweep_harness as harness
 import torch
-from test_sweep_e2e import (
-    PY,
-    SYNTH,
-    SYNTH_ARGS,
-    check_sweep,
-    cmdline,
-    descendants,
-    finish,
-    free_port,
-    kill_all,
-    ray_env,
-    start_sweep,
-    stop_trees,
-    trial_runs,
-)
 
 pytestmark = pytest.mark.slow
 
-RAY = str(Path(PY).parent / "ray")
+RAY = str(Path(harness.PY).parent / "ray")
 STEPS = 40
 
 
@@ -60,12 +46,12 @@ class RayCluster:
     def __init__(self, head_cpus: int, **env: str) -> None:
         self.temps: list[Path] = []
         self.nodes: list[subprocess.Popen] = []
-        self.gcs_port, dash = free_port(), free_port()
-        self.env = ray_env(dash, **env)
+        self.gcs_port, dash = harness.free_port(), harness.free_port()
+        self.env = harness.ray_env(dash, **env)
         head = [
             "--head",
             f"--port={self.gcs_port}",
-            f"--ray-client-server-port={free_port()}",
+            f"--ray-client-server-port={harness.free_port()}",
             f"--dashboard-port={dash}",
             "--dashboard-host=127.0.0.1",
             "--include-dashboard=true",
@@ -86,7 +72,7 @@ class RayCluster:
             "start",
             *args,
             "--node-ip-address=127.0.0.1",
-            f"--dashboard-agent-listen-port={free_port()}",
+            f"--dashboard-agent-listen-port={harness.free_port()}",
             f"--temp-dir={temp}",
         ], temp
 
@@ -101,10 +87,10 @@ class RayCluster:
 
     def kill_node(self, node: subprocess.Popen) -> list[str]:
         """SIGKILL a node's whole tree at once (raylet, agents, workers): a lost machine."""
-        tree = [psutil.Process(node.pid), *descendants(node.pid)]
-        names = sorted({cmdline(p).split(" ")[0].rsplit("/", 1)[-1] for p in tree})
-        kill_all(tree)
-        kill_all(self._procs(node.temp))  # anything it started after the listing
+        tree = [psutil.Process(node.pid), *harness.descendants(node.pid)]
+        names = sorted({harness.cmdline(p).split(" ")[0].rsplit("/", 1)[-1] for p in tree})
+        harness.kill_all(tree)
+        harness.kill_all(self._procs(node.temp))  # anything it started after the listing
         node.wait(timeout=30)
         return names
 
@@ -117,7 +103,7 @@ class RayCluster:
         ]
 
     def stop(self) -> None:
-        stop_trees(
+        harness.stop_trees(
             [psutil.Process(n.pid) for n in self.nodes if n.poll() is None]
             + [p for t in self.temps for p in self._procs(t)]
         )
@@ -141,8 +127,8 @@ def node_trials(node: subprocess.Popen, trial_ids: set[str]) -> set[str]:
     """Trials with a Train worker on this node: a worker's working directory is its Train
     run's folder, named after the Tune trial id."""
     found = set()
-    for p in descendants(node.pid):
-        if "ray::RayTrainWorker" not in cmdline(p):
+    for p in harness.descendants(node.pid):
+        if "ray::RayTrainWorker" not in harness.cmdline(p):
             continue
         try:
             cwd = p.cwd()
@@ -184,16 +170,16 @@ def test_node_joins_and_dies_mid_sweep(tmp_path, ray_cluster):
     env = {**ray_cluster.env, "RAY_ADDRESS": ray_cluster.address}
     env.update(KDPRUNE_WORKDIR=str(workdir), PYTHONUNBUFFERED="1")
     trials = 5
-    args = [*SYNTH_ARGS, "--trials", str(trials), "--max-concurrent", "2"]
+    args = [*harness.SYNTH_ARGS, "--trials", str(trials), "--max-concurrent", "2"]
     args += ["--no-early-stopping", "--name", "churn"]
     t0 = time.time()
-    proc = start_sweep(SYNTH, args, env, tmp_path / "sweep")
+    proc = harness.start_sweep(harness.SYNTH, args, env, tmp_path / "sweep")
     node = victim = None
     killed: list[str] = []
     deadline = time.time() + 900
     try:
         while proc.poll() is None and time.time() < deadline and not killed:
-            client, children = trial_runs(workdir, "churn")
+            client, children = harness.trial_runs(workdir, "churn")
             ids = {c.data.tags["kdprune.trial_id"]: c.info.run_id for c in children}
             if node is None:  # join once a trial reported a rung on the head alone
                 if any(rung_steps(client, r) for r in ids.values()):
@@ -212,12 +198,12 @@ def test_node_joins_and_dies_mid_sweep(tmp_path, ray_cluster):
         assert killed, (
             "no trial trained on the second node\n" + (tmp_path / "sweep.err").read_text()[-3000:]
         )
-        result = finish(proc, tmp_path / "sweep", max(60, deadline - time.time()))
+        result = harness.finish(proc, tmp_path / "sweep", max(60, deadline - time.time()))
     finally:
         if proc.poll() is None:
-            kill_all([*descendants(proc.pid), psutil.Process(proc.pid)])
+            harness.kill_all([*harness.descendants(proc.pid), psutil.Process(proc.pid)])
     wall = time.time() - t0
-    client, children, study = check_sweep(result, trials)
+    client, children, study = harness.check_sweep(result, trials)
     storage = workdir / "ray_results"
     for c in children:
         if c.info.status == "FAILED":  # allowed, but only with a reason

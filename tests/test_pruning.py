@@ -1,16 +1,13 @@
-"""Pruning: HardConcrete gate, the budget (exact, expected, Monte-Carlo), the Lagrangian.
-
-Helpers here (`tiny_model`, `randomise_gates`) are shared by the other test_pruning_* files.
-"""
+"""Pruning: HardConcrete gate, the budget (exact, expected, Monte-Carlo), the Lagrangian."""
 
 import copy
 import math
 
 import pytest
 import torch
+from conftest import ALL_GATES, randomise_gates, tiny_model
 
-from kdprune.models.conformer import ConformerConfig, LayerDims
-from kdprune.models.transducer import ModelConfig, Transducer
+from kdprune.models.conformer import LayerDims
 from kdprune.pruning import (
     HardConcrete,
     Lagrangian,
@@ -23,58 +20,6 @@ from kdprune.pruning import (
     param_groups,
 )
 from kdprune.pruning.budget import sampled
-
-ALL_GATES = PruneConfig(modules=True, ranks=True)
-
-
-def tiny_cfg(streaming: bool = False, layers=None, **kw) -> ConformerConfig:
-    cfg = ConformerConfig.uniform(
-        num_layers=2,
-        d_model=32,
-        num_heads=4,
-        ffn_dim=48,
-        subsampling=4,
-        subsampling_channels=8,
-        kernel_size=7,
-        dropout=0.0,
-        max_rel_pos=8,
-        streaming=streaming,
-        chunk_size=4,
-        left_chunks=1,
-        **kw,
-    )
-    return cfg if layers is None else cfg.with_layers(layers)
-
-
-def tiny_model(streaming: bool = False, seed: int = 0, vocab: int = 12, **kw) -> Transducer:
-    """A Transducer with random weights and non-trivial batch-norm statistics."""
-    torch.manual_seed(seed)
-    cfg = ModelConfig(
-        vocab_size=vocab, encoder=tiny_cfg(streaming, **kw), pred_dim=16, joint_dim=16
-    )
-    model = Transducer(cfg)
-    for m in model.modules():
-        if isinstance(m, torch.nn.BatchNorm1d):
-            m.running_mean.uniform_(-0.5, 0.5)
-            m.running_var.uniform_(0.5, 2.0)
-            m.weight.data.uniform_(0.5, 1.5)
-            m.bias.data.uniform_(-0.5, 0.5)
-    return model
-
-
-@torch.no_grad()
-def randomise_gates(model: torch.nn.Module, seed: int = 0) -> None:
-    """Random log α, with layer 0's conv module and two heads of layer 1 fully pruned."""
-    gen = torch.Generator().manual_seed(seed)
-    for g in iter_gates(model):
-        g.log_alpha.copy_(torch.randn(g.n, generator=gen) * 2.5 + 1.0)
-    enc = model.encoder
-    if enc.layers[0].conv is not None and enc.layers[0].conv.unit_gate is not None:
-        enc.layers[0].conv.unit_gate.log_alpha.fill_(-20.0)
-    attn = enc.layers[1].attn
-    if attn is not None and attn.unit_gate is not None:
-        attn.unit_gate.log_alpha[:2] = -20.0
-        attn.unit_gate.log_alpha[2:] = 5.0
 
 
 def test_hardconcrete_init_sample_and_eval_mask():
@@ -131,10 +76,7 @@ def test_count_of_plain_model_is_exact(lrf):
 
 @pytest.mark.parametrize("lrf", [False, True])
 def test_expected_count_matches_monte_carlo(lrf):
-    model = tiny_model()
-    if lrf:
-        factorise(model, 0.5)
-    attach_gates(model, ALL_GATES)
+    model = tiny_model(factorised=lrf, gates=ALL_GATES)
     randomise_gates(model)
     with torch.no_grad():  # make module gates and "all units off" events frequent
         for g in iter_gates(model):

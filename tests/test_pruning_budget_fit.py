@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from test_pruning import ALL_GATES, randomise_gates, tiny_model
+from conftest import ALL_GATES, randomise_gates, tiny_model
 
 from kdprune.pruning import PruneConfig, attach_gates, iter_gates, materialise
 from kdprune.pruning.budget import eval_params, fit_to_budget, min_params

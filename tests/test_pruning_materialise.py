@@ -3,7 +3,7 @@ mask; it saves and loads as a plain model directory; LRF ranks and SVD init."""
 
 import pytest
 import torch
-from test_pruning import ALL_GATES, randomise_gates, tiny_model
+from conftest import ALL_GATES, randomise_gates, tiny_model
 
 from kdprune.data.tokenizer import train_tokenizer
 from kdprune.models.conformer import ConformerEncoder

@@ -6,10 +6,10 @@ import itertools
 
 import pytest
 import torch
-from test_pruning import ALL_GATES, tiny_model
+from conftest import ALL_GATES, tiny_model
 
 from kdprune.models.layers import Keep, LowRankLinear, Prunable
-from kdprune.pruning import attach_gates, expected_params, factorise, iter_gates, materialise
+from kdprune.pruning import expected_params, iter_gates, materialise
 from kdprune.pruning.budget import expected, rank_count
 from kdprune.pruning.gates import rank_gate
 from kdprune.pruning.hardconcrete import HardConcrete
@@ -24,9 +24,7 @@ def _random_keep(n: int, gen: torch.Generator, p_on: float) -> Keep:
 
 @pytest.mark.parametrize("lrf", [False, True])
 def test_params_at_a_binary_mask_equal_the_materialised_size(lrf):
-    model = tiny_model()
-    if lrf:
-        factorise(model, 0.5)
+    model = tiny_model(factorised=lrf)
     mods = [m for m in model.encoder.modules() if isinstance(m, Prunable)]
     assert {type(m) for m in mods} == set(Prunable.__subclasses__())  # every kind is covered
     gen = torch.Generator().manual_seed(0)
@@ -52,10 +50,7 @@ def test_params_at_a_binary_mask_equal_the_materialised_size(lrf):
 
 @pytest.mark.parametrize("lrf", [False, True])
 def test_expected_count_at_binary_gates_equals_materialised(lrf):
-    model = tiny_model()
-    if lrf:
-        factorise(model, 0.5)
-    attach_gates(model, ALL_GATES)
+    model = tiny_model(factorised=lrf, gates=ALL_GATES)
     gen = torch.Generator().manual_seed(0)
     with torch.no_grad():  # P(on) is 0 or 1 to float precision: log α = ±20
         for g in iter_gates(model):

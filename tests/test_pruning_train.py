@@ -5,7 +5,7 @@ import copy
 
 import pytest
 import torch
-from test_pruning import tiny_model
+from conftest import tiny_model
 
 from kdprune.pruning import (
     Lagrangian,

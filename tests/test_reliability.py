@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import tiny_model_config
 from torch import nn
 
 from kdprune.train.checkpoint import CKPT, load_checkpoint, save_checkpoint
@@ -169,23 +170,12 @@ def test_other_atomic_writes_on_full_disk_leave_no_temp(tiny_tmpfs, tmp_path):
     from kdprune.data.audio import write_wav
     from kdprune.data.features import FeatureConfig, load_features
     from kdprune.data.tokenizer import train_tokenizer
-    from kdprune.models.conformer import ConformerConfig
     from kdprune.models.model_dir import load_model_dir, save_model_dir
-    from kdprune.models.transducer import ModelConfig, Transducer
+    from kdprune.models.transducer import Transducer
 
     texts = ["turn on the kitchen lights", "set a timer for ten minutes", "play music"] * 20
     tok = train_tokenizer(texts, tmp_path / "tok" / "tokenizer.model", vocab_size=32)
-    enc = ConformerConfig.uniform(
-        num_layers=1,
-        d_model=16,
-        num_heads=2,
-        ffn_dim=32,
-        subsampling=4,
-        subsampling_channels=4,
-        kernel_size=3,
-        max_rel_pos=8,
-    )
-    cfg = ModelConfig(vocab_size=tok.vocab_size, encoder=enc, pred_dim=8, joint_dim=8)
+    cfg = tiny_model_config(tok.vocab_size, micro=True)
     torch.manual_seed(0)
     old = Transducer(cfg)
     save_model_dir(tiny_tmpfs / "model", old, tok)

@@ -12,10 +12,10 @@ import math
 
 import pytest
 import torch
+from conftest import tiny_model_config
 
 from kdprune.data.batching import Batch
-from kdprune.models.conformer import ConformerConfig
-from kdprune.models.transducer import ModelConfig, Transducer
+from kdprune.models.transducer import Transducer
 from kdprune.train.losses import asr_loss
 
 VOCAB = 7  # blank is id 7, the last class
@@ -45,18 +45,7 @@ def rnnt_nll(logp: torch.Tensor, target: list[int], blank: int) -> float:
 
 def tiny_transducer() -> Transducer:
     torch.manual_seed(0)
-    enc = ConformerConfig.uniform(
-        num_layers=2,
-        d_model=32,
-        num_heads=4,
-        ffn_dim=48,
-        subsampling_channels=8,
-        kernel_size=7,
-        dropout=0.0,
-        max_rel_pos=8,
-    )
-    cfg = ModelConfig(vocab_size=VOCAB, encoder=enc, pred_dim=16, joint_dim=16, dropout=0.0)
-    return Transducer(cfg).double().eval()
+    return Transducer(tiny_model_config(VOCAB, dropout=0.0)).double().eval()
 
 
 def padded_batch(feat_lens: list[int], targets: list[list[int]]) -> Batch:

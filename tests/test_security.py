@@ -19,24 +19,15 @@ import re
 import shutil
 import socket
 import subprocess
-import sys
 import tempfile
-import time
 from pathlib import Path
 
 import psutil
 import pytest
+from conftest import PY, clean_env
 
 REPO = Path(__file__).resolve().parents[1]
-PY = sys.executable
 MISSING = "/nonexistent/kdprune-teacher"
-
-
-def clean_env(tmp_path: Path, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "MLFLOW_", "KDPRUNE_"))}
-    env.update(KDPRUNE_WORKDIR=str(tmp_path / "default-work"), OMP_NUM_THREADS="1")
-    env.update(extra)
-    return env
 
 
 def kdprune_cmd() -> list[str]:
@@ -61,7 +52,6 @@ def test_compress_with_a_missing_teacher_fails_at_once(tmp_path):
     """`kdprune compress --teacher /nonexistent/...`: one line naming the path, exit 2,
     and nothing written (no corpus, features or training started)."""
     work = tmp_path / "work"
-    t0 = time.time()
     proc = subprocess.run(
         [*kdprune_cmd(), "compress", "--preset", "tiny", "--teacher", MISSING]
         + ["--workdir", str(work)],
@@ -74,7 +64,6 @@ def test_compress_with_a_missing_teacher_fails_at_once(tmp_path):
     line = assert_one_error(proc, MISSING, "kdprune compress: error:")
     assert "model directory not found" in line
     assert not work.exists() and not (tmp_path / "default-work").exists()
-    assert time.time() - t0 < 60
 
 
 def test_compress_with_a_teacher_that_is_not_a_model_dir(tmp_path, capsys):
@@ -102,7 +91,6 @@ def test_sweep_with_a_missing_teacher_fails_before_ray(tmp_path):
     Ray results; only the MLflow store, which is checked first, exists."""
     work = tmp_path / "work"
     ray_tmp = tmp_path / "raytmp"  # RAY_TMPDIR: where a started Ray makes ray/session_*
-    t0 = time.time()
     proc = subprocess.run(
         [PY, str(REPO / "sweeps" / "l0_vs_lrf.py"), "--smoke-test", "--teacher", MISSING]
         + ["--workdir", str(work)],
@@ -116,7 +104,6 @@ def test_sweep_with_a_missing_teacher_fails_before_ray(tmp_path):
     assert line.startswith("[kdprune "), line  # the sweep scripts' log format
     assert not ray_tmp.exists()
     assert set(os.listdir(work)) <= {"mlflow.db"}  # no sweeps/ state, no ray_results/
-    assert time.time() - t0 < 60
 
 
 # --- The embedded Ray's network exposure -------------------------------------------------

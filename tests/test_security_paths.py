@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
-from test_security import PY, clean_env
+from conftest import PY, clean_env, tiny_model_config
 
 STRACE = "strace -f -qq -y -xx -s 65536 -e trace=%file".split()
 # Calls that create, rename, link or remove a path (open/openat/openat2: when writing).
@@ -158,9 +158,8 @@ def hostile(tmp_path, escape_dir) -> Hostile:
     import torch
 
     from kdprune.data.tokenizer import train_tokenizer
-    from kdprune.models.conformer import ConformerConfig
     from kdprune.models.model_dir import save_model_dir
-    from kdprune.models.transducer import ModelConfig, Transducer
+    from kdprune.models.transducer import Transducer
 
     rng = np.random.default_rng(0)
     escape = escape_dir
@@ -192,19 +191,9 @@ def hostile(tmp_path, escape_dir) -> Hostile:
     )
     # A tiny random model directory for `kdprune evaluate`.
     tok = train_tokenizer(texts * 10, tmp_path / "tok" / "tokenizer.model", vocab_size=24)
-    enc = ConformerConfig.uniform(
-        num_layers=1,
-        d_model=16,
-        num_heads=2,
-        ffn_dim=32,
-        subsampling=4,
-        subsampling_channels=4,
-        kernel_size=3,
-        max_rel_pos=8,
-    )
     torch.manual_seed(0)
-    cfg = ModelConfig(vocab_size=tok.vocab_size, encoder=enc, pred_dim=8, joint_dim=8)
-    model_dir = save_model_dir(tmp_path / "model", Transducer(cfg), tok)
+    model = Transducer(tiny_model_config(tok.vocab_size, micro=True))
+    model_dir = save_model_dir(tmp_path / "model", model, tok)
     read_only = [corpus, elsewhere, escape, ls_root, model_dir, tmp_path / "tok"]
     return Hostile(manifest, escape, elsewhere, corpus / "audio", ls_root, model_dir, read_only)
 

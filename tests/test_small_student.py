@@ -3,7 +3,7 @@ to the student's width, at about the parameter budget."""
 
 import pytest
 import torch
-from test_pruning import tiny_model
+from conftest import tiny_model
 
 from kdprune.distill.small import (
     encoder_param_count,

@@ -2,8 +2,9 @@
 
 import pytest
 import torch
+from conftest import randomise_batch_norm, tiny_encoder_config
 
-from kdprune.models.conformer import ConformerConfig, ConformerEncoder
+from kdprune.models.conformer import ConformerEncoder
 from kdprune.models.streaming import StreamingEncoder
 
 
@@ -12,25 +13,16 @@ from kdprune.models.streaming import StreamingEncoder
 )
 def test_streaming_equals_masked_full_sequence(subsampling, chunk, left, piece):
     torch.manual_seed(0)
-    cfg = ConformerConfig.uniform(
+    cfg = tiny_encoder_config(
         num_layers=3,
-        d_model=32,
-        num_heads=4,
-        ffn_dim=48,
-        subsampling=subsampling,
-        subsampling_channels=8,
         kernel_size=5,
-        dropout=0.0,
+        subsampling=subsampling,
         streaming=True,
         chunk_size=chunk,
         left_chunks=left,
-        max_rel_pos=8,
     )
     enc = ConformerEncoder(cfg).eval()
-    for m in enc.modules():  # non-trivial BN statistics
-        if isinstance(m, torch.nn.BatchNorm1d):
-            m.running_mean.uniform_(-0.3, 0.3)
-            m.running_var.uniform_(0.5, 1.5)
+    randomise_batch_norm(enc)
     x = torch.randn(1, 157, 80)
     with torch.no_grad():
         full = enc(x, torch.tensor([157])).out
@@ -42,22 +34,16 @@ def test_streaming_equals_masked_full_sequence(subsampling, chunk, left, piece):
 
 
 def test_streaming_encoder_refuses_non_streaming_model():
-    enc = ConformerEncoder(
-        ConformerConfig.uniform(
-            num_layers=1, d_model=32, num_heads=4, ffn_dim=48, subsampling_channels=8
-        )
-    )
+    enc = ConformerEncoder(tiny_encoder_config(num_layers=1))
     with pytest.raises(ValueError, match="streaming=True"):
         StreamingEncoder(enc)
 
 
 def _dynamic_encoder() -> ConformerEncoder:
     torch.manual_seed(0)
-    cfg = ConformerConfig.uniform(
-        num_layers=2, d_model=32, num_heads=4, ffn_dim=48, subsampling=4, subsampling_channels=8,
-        kernel_size=5, dropout=0.0,
-        streaming=True, dynamic_chunks=True, chunk_size=3, left_chunks=2, max_rel_pos=8,
-    )  # fmt: skip
+    cfg = tiny_encoder_config(
+        kernel_size=5, streaming=True, dynamic_chunks=True, chunk_size=3, left_chunks=2
+    )
     return ConformerEncoder(cfg)
 
 

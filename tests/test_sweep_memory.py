@@ -22,7 +22,7 @@ from pathlib import Path
 
 import psutil
 import pytest
-from test_sweep_e2e import check_sweep, cmdline, descendants, finish, start_sweep, sweep_env
+from sweep_harness import check_sweep, cmdline, descendants, finish, start_sweep, sweep_env
 
 pytestmark = pytest.mark.slow
 

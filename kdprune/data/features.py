@@ -6,13 +6,12 @@ import functools
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import torch
 import torchaudio
 
-if TYPE_CHECKING:
-    from kdprune.data.manifest import Utterance
+from kdprune.data.audio import load_audio
+from kdprune.data.manifest import Utterance, read_manifest
 from kdprune.utils import config_hash, log
 
 
@@ -58,9 +57,6 @@ def load_features(manifest: Path, cfg: FeatureConfig, cache_dir: Path) -> Featur
     The cache is keyed by the manifest's content and the feature config, so an edited
     manifest or another front end never reuses stale features.
     """
-    from kdprune.data.audio import load_audio
-    from kdprune.data.manifest import read_manifest
-
     manifest = Path(manifest).resolve()
     utts = read_manifest(manifest)
     key = config_hash(cfg, str(manifest), manifest.read_bytes().decode())

@@ -10,11 +10,11 @@ from torch import nn
 from torch.nn import functional as F
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class KDConfig:
-    # Not read here: the caller weights L_kd (kdprune/compress_stages.py's StudentLoss uses
-    # its own kd_weight). Kept only because that call site still passes it; remove with it.
-    weight: float = 1.0  # kd_weight in L = L_rnnt + kd_weight * L_kd (0 turns KD off)
+    """Where and how the student matches the teacher. The caller weights the loss
+    (``CompressConfig.kd_weight`` in L = L_rnnt + kd_weight * L_kd)."""
+
     taps: tuple[float, ...] = (0.25, 0.5, 0.75, 1.0)  # teacher layers as fractions of depth
     cosine_weight: float = 1.0  # L_kd per tap = L1 + cosine_weight * (1 - cos)
 

@@ -14,6 +14,7 @@ from dataclasses import replace
 import torch
 
 from kdprune.models.conformer import ConformerConfig, ConformerEncoder, LayerDims
+from kdprune.pruning.materialise import copy_truncated_layer
 
 
 def encoder_param_count(cfg: ConformerConfig) -> int:
@@ -65,8 +66,6 @@ def teacher_layer_picks(n_teacher: int, n_student: int) -> list[int]:
 def init_small_from_teacher(student: ConformerEncoder, teacher: ConformerEncoder) -> list[int]:
     """Initialise a `small_student_config` encoder from the teacher's (same d_model):
     front end copied, layer i from teacher layer picks[i], truncated. Returns the picks."""
-    from kdprune.pruning.materialise import copy_truncated_layer
-
     student.subsampling.load_state_dict(teacher.subsampling.state_dict())
     picks = teacher_layer_picks(len(teacher.layers), len(student.layers))
     for s_layer, j in zip(student.layers, picks, strict=True):

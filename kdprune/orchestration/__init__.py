@@ -6,17 +6,14 @@ Data flow: `config` (SweepConfig, SpaceConfig) -> `space` (define-by-run Optuna 
 -> `tuner` (the one place a Tuner is built, started, resumed) -> `worker` (Tune trial =
 one TorchTrainer; per-worker fn calls compress) -> `early_stop` (multi-objective rung
 decisions) -> `tracking` (MLflow parent/children from the driver) -> `cli` (the flags of
-``sweeps/*.py``). Names (params, metrics, tags) come from `kdprune.contract`. `run_sweep`
-takes any trainer with compress's contract (tests/fakes.py has a seconds-fast one).
+``sweeps/*.py``). Names (params, metrics, tags) come from `kdprune.contract`.
+`tuner.run_sweep` takes any trainer with compress's contract (tests/fakes.py has a
+seconds-fast one).
 """
 
 from kdprune.orchestration.config import SpaceConfig, SweepConfig
 
-__all__ = ["SpaceConfig", "SweepConfig", "run_sweep"]
-
-
-def run_sweep(*args, **kwargs):
-    """`kdprune.orchestration.tuner.run_sweep` (imported lazily: it pulls in Ray)."""
-    from kdprune.orchestration.tuner import run_sweep as _run
-
-    return _run(*args, **kwargs)
+# `run_sweep` is imported from `kdprune.orchestration.tuner`, not re-exported here: this
+# package's __init__ stays as light as `config` (the analysis layer imports submodules of
+# this package, and the tuner imports the analysis layer).
+__all__ = ["SpaceConfig", "SweepConfig"]

@@ -12,7 +12,9 @@ import sys
 from dataclasses import replace
 from typing import Any
 
+from kdprune.contract import PRESETS
 from kdprune.orchestration.config import SAMPLERS, SpaceConfig, SweepConfig, parse_objectives
+from kdprune.orchestration.tuner import run_sweep
 from kdprune.orchestration.worker import Trainer
 from kdprune.utils import emit_result, log
 
@@ -27,7 +29,7 @@ def build_parser(doc: str | None) -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--smoke-test", action="store_true", help="4 short trials on the tiny preset")
-    p.add_argument("--preset", choices=("tiny", "demo", "paper"), help="default: demo")
+    p.add_argument("--preset", choices=PRESETS, help="default: demo")
     p.add_argument("--trials", type=int, help="trial budget (default: 16; smoke test: 4)")
     p.add_argument("--objectives", help="comma-separated, all minimised (default wer_dev,params; "
                    "also latency_ms_per_audio_s alias latency)")  # fmt: skip
@@ -117,8 +119,9 @@ def main(
     ``defaults`` are SweepConfig fields of this sweep (e.g. its objectives); ``smoke``
     what --smoke-test changes on top (tiny preset, 4 trials, an l0 and an LRF trial);
     ``trainer`` is `run_sweep`'s (default: `kdprune.compress.compress`)."""
+    # Imported here, not above, on purpose: tracking loads Ray and pandas (seconds), which
+    # a sweep script's --help or a mistyped flag should not wait for.
     from kdprune.orchestration.tracking import TrackingUnavailable
-    from kdprune.orchestration.tuner import run_sweep
 
     args = build_parser(doc).parse_args(argv)
     base = SweepConfig(name=name, space=space, **(defaults or {}))
@@ -142,7 +145,7 @@ def front_summary(rows: list[dict[str, Any]], objectives: list[str] | tuple[str,
     """The front as an aligned text table: method label, its settings (s: target sparsity,
     r: rank ratio, kd: KD weight), then each objective and the other final metrics, in
     readable units (WER in %, parameter counts in k/M)."""
-    from kdprune.analysis.report import text_table
+    from kdprune.analysis.report import text_table  # pandas: loaded once a front is shown
 
     shown = [*objectives, *(m for m in SUMMARY_METRICS if m not in objectives)]
     return text_table(rows, ["label", "settings", *shown, "trial_id"])

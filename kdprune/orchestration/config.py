@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +21,7 @@ from kdprune.contract import (
     OBJECTIVES,
     SCHEDULES,
 )
+from kdprune.utils import default_workdir
 
 SAMPLERS = ("nsga2", "tpe")
 
@@ -44,7 +45,7 @@ def parse_objectives(text: str | tuple[str, ...] | list[str]) -> tuple[str, ...]
     return tuple(out)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class SpaceConfig:
     """The define-by-run search space (see `kdprune.orchestration.space`)."""
 
@@ -79,7 +80,7 @@ class SpaceConfig:
             raise ValueError(f"space.left_chunks must be >= 0, got {self.left_chunks}")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class SweepConfig:
     """One sweep. Paths left empty are filled by `resolved()`."""
 
@@ -156,10 +157,6 @@ class SweepConfig:
     def resolved(self) -> SweepConfig:
         """Copy with absolute paths and canonical objective names (Ray changes the working
         directory of every process it starts, so nothing relative may leave the driver)."""
-        from dataclasses import replace
-
-        from kdprune.utils import default_workdir
-
         workdir = Path(self.workdir).resolve() if self.workdir else default_workdir()
         storage = self.storage or str(workdir / "ray_results")
         if "://" not in storage:

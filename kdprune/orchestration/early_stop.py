@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from kdprune.contract import BUDGET_PARAMS, RUNG_OBJECTIVES
+from kdprune.utils import atomic_write_text
 
 
 class StopTrial(Exception):
@@ -118,8 +119,6 @@ class RungRecords:
     def _save(self) -> None:
         if self.path is None:
             return
-        from kdprune.utils import atomic_write_text
-
         atomic_write_text(self.path, json.dumps(self.snapshot(), sort_keys=True))
 
 

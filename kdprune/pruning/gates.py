@@ -23,14 +23,11 @@ from kdprune.models.layers import LowRankLinear, Prunable
 from kdprune.pruning.hardconcrete import HardConcrete
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class PruneConfig:
-    """Which gates an l0 / LRF run attaches (DESIGN §4 defaults)."""
+    """Which gates an l0 / LRF run attaches (DESIGN §4 defaults). The size target and its
+    warm-up belong to the Lagrangian (`kdprune.pruning.budget.Lagrangian`)."""
 
-    # Not read by attach_gates: the Lagrangian takes the target and its warm-up. Kept only
-    # because kdprune/compress_stages.py still passes them; remove with that call site.
-    target_sparsity: float = 0.5  # fraction of the teacher's encoder params to remove
-    target_warmup_steps: int = 1000  # target rises linearly from 0 to target over these steps
     heads: bool = True  # gate attention heads
     ffn: bool = True  # gate hidden units of both macaron FFNs
     conv: bool = True  # gate conv-module channels
