@@ -40,10 +40,10 @@ def test_rnnt_overfits_tiny_batch(tiny_workdir, tiny_manifests):
     # The 4 shortest: train audio carries up to 0.8 s of added silence at each end.
     shortest = sorted(range(len(fs.utts)), key=lambda i: fs.utts[i].duration)[:4]
     batch = collate(fs, shortest, tok)
-    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
-    for _ in range(1500):  # until memorised (per-utterance NLL well below one token's worth)
+    opt = torch.optim.AdamW(model.parameters(), lr=6e-3)
+    for _ in range(1500):  # until memorised (per-utterance NLL 0.02 nats: far below a token's)
         r = asr_loss(model, batch, batch.feats, ctc_weight=0.3)
-        if float(r.rnnt) < 0.005:
+        if float(r.rnnt) < 0.02:
             break
         opt.zero_grad()
         r.loss.backward()
