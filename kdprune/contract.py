@@ -103,6 +103,58 @@ TAG_STOPPED_AT_STEP = "kdprune.stopped_at_step"
 TAG_FAILURE_REASON = "kdprune.failure_reason"
 TAG_MODEL_DIR = "kdprune.model_dir"  # the finished trial's model directory
 TAG_SYNTHETIC = "kdprune.synthetic"  # "true" on made-up runs (test fakes): never results
+TAG_SWEEP_KIND = "kdprune.sweep_kind"  # on a parent: SWEEP_GRID (fixed grid) or SWEEP_SEARCH
+SWEEP_GRID, SWEEP_SEARCH = "grid", "search"
+# MLflow's own tags: the experiment kind makes the MLflow 3 UI open an experiment on its
+# training runs (not the GenAI overview); the note is a run's or experiment's description.
+TAG_EXPERIMENT_KIND = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
+TAG_NOTE = "mlflow.note.content"
+# The MLflow 3.17 UI ignores the kind for its landing page: a browser-wide "GenAI / Model
+# training" switch decides (GenAI until switched). This query on an experiment's URL
+# opens it on its runs (#/experiments/<id>/runs?workflowType=machine_learning).
+UI_WORKFLOW_QUERY = "workflowType=machine_learning"
+# A view of the runs table kept on the experiment (MLflow's "shared view"): the trials,
+# sorted by dev WER, with the final metrics and searched params as columns.
+TAG_SHARED_VIEW = "mlflow.sharedViewState.kdprune-trials"
+
+# -- what a trial's run holds as artefacts -------------------------------------------------
+ARTIFACT_MODEL = "model"  # the whole model directory (DESIGN §3), loadable as downloaded
+ARTIFACT_CONFIG = "compress_config.json"  # the trial's full CompressConfig
+ARTIFACT_METRICS = "metrics.json"  # the final metrics, as `compress` returned them
+ARTIFACT_UTTERANCES = "utterances"  # folder: one UTTERANCES_FILE per evaluation split
+EVAL_SPLITS = ("dev", "test")  # the splits a final evaluation decodes
+# One JSON line per utterance of a final evaluation: the audio path (the utterance's id:
+# runs are paired on it), reference, hypothesis, word errors and reference words.
+UTT_ID, UTT_REF, UTT_HYP = "audio_filepath", "reference", "hypothesis"
+UTT_ERRORS, UTT_WORDS = "errors", "ref_words"
+
+
+def utterances_file(split: str) -> str:
+    """File name of a split's per-utterance results (``utterances_dev.jsonl``)."""
+    return f"utterances_{split}.jsonl"
+
+
+def run_dir_of(model_dir: str | Path) -> Path:
+    """The compression run's folder (metrics.json, the utterance files) of its model dir."""
+    return Path(model_dir).parent
+
+
+def ui_runs_path(experiment_id: str) -> str:
+    """The MLflow UI path (after ``http://HOST:PORT/``) of an experiment's trials view."""
+    key = TAG_SHARED_VIEW.rsplit(".", 1)[1]
+    return f"#/experiments/{experiment_id}/runs?{UI_WORKFLOW_QUERY}&viewStateShareKey={key}"
+
+
+def model_artifact_uri(run_id: str) -> str:
+    """Where a trial run keeps its model directory: ``runs:/<id>/model``, for
+    ``mlflow.artifacts.download_artifacts`` and the Model Registry."""
+    return f"runs:/{run_id}/{ARTIFACT_MODEL}"
+
+
+def registered_model_name(experiment: str) -> str:
+    """The Model Registry entry `kdprune report --register` fills for a sweep."""
+    return f"kdprune-{experiment}"
 
 
 # -- where MLflow tracks -------------------------------------------------------------------

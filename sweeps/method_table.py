@@ -1,175 +1,107 @@
-"""The paper's comparison at one parameter budget, as a table (mean ± sd over seeds):
-dense teacher; l0; l0+KD; LRF; LRF+KD; the `small` KD-only student (the paper's baseline);
-optionally joint vs sequential and streaming. Runs `kdprune compress` in-process, one run
-after another (no search: a fixed grid), reusing finished runs.
+"""The paper's comparison at one parameter budget, as a fixed-grid sweep: method × KD ×
+schedule × streaming × seed, one trial (one MLflow child run) each, through the same Tuner,
+Ray Train trials and MLflow as every other sweep; resumable with --resume.
 
-Streaming rows start from, distil from and compare with a *streaming* dense teacher: the
-teacher fine-tuned under the chunk masks and causal convolution (`compress --method none
---streaming`, --streaming-teacher-steps), since a full-context teacher switched to
-streaming without training is far off (measured on demo: 250 steps -> 71 % dev WER).
+Rows: l0, l0+KD, LRF, LRF+KD and the small+KD baseline (the paper's); `--extra sequential`
+adds l0+KD with the sequential schedule, `--extra streaming` adds l0+KD, LRF+KD and
+small+KD streaming. Every row removes the same share of the teacher's encoder parameters
+(`--budget`): l0 and small at that target sparsity, LRF at the rank ratio that removes the
+same share. Streaming rows distil from the same teacher: the demo teacher is trained with
+dynamic chunks (causal convolution), so it decodes both full-context and chunked.
+
+The table (mean ± sd over seeds; every ΔWER with a paired bootstrap 95 % interval over
+utterances, seeds pooled) is built from MLflow by `kdprune report --experiment method_table`.
 
 Usage:
-    .venv/bin/python sweeps/method_table.py --preset demo --budget 0.5 --seeds 0 1
-    .venv/bin/python sweeps/method_table.py --preset tiny --seeds 0 --steps 10   # minutes
-    .venv/bin/python sweeps/method_table.py --preset demo --extra sequential streaming
-    .venv/bin/python sweeps/method_table.py --teacher path/to/model_dir   # your own teacher
+    .venv/bin/python sweeps/method_table.py --seeds 0 1 2 --extra sequential streaming
+    .venv/bin/python sweeps/method_table.py --preset tiny --seeds 0 1 --steps 10   # minutes
+    .venv/bin/python sweeps/method_table.py --teacher path/to/model_dir --budget 0.67
+    .venv/bin/python sweeps/method_table.py --resume             # after the driver died
+    .venv/bin/kdprune report --experiment method_table
 """
 
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
-from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
-from kdprune.compress import CompressConfig, compress
-from kdprune.eval.evaluate import model_latency
-from kdprune.models.model_dir import load_model_dir
-from kdprune.prepare import prepare
-from kdprune.pruning.lrf import rank_ratio_for_sparsity
-from kdprune.utils import atomic_write_text, default_workdir, emit_result, log, write_json
+from kdprune.orchestration.cli import main
+from kdprune.orchestration.config import SpaceConfig, SweepConfig
+
+KD = 1.0  # the KD weight of the "+KD" rows
+BUDGET = 0.5  # share of the teacher's encoder parameters every row removes
+EXTRAS = ("sequential", "streaming")
 
 
-def rows_for(budget: float, extra: list[str]) -> list[tuple[str, dict]]:
-    rows = [
-        ("l0", dict(method="l0", kd_weight=0.0)),
-        ("l0+KD", dict(method="l0", kd_weight=1.0)),
-        ("LRF", dict(method="lrf", kd_weight=0.0)),
-        ("LRF+KD", dict(method="lrf", kd_weight=1.0)),
-        ("small+KD (baseline)", dict(method="small", kd_weight=1.0)),
+def rows(extra: tuple[str, ...] | list[str] = ()) -> list[dict[str, Any]]:
+    """The table's rows as config overrides (a row = method, KD, schedule, streaming)."""
+    out: list[dict[str, Any]] = [
+        {"method": "l0", "kd_weight": 0.0},
+        {"method": "l0", "kd_weight": KD},
+        {"method": "lrf", "kd_weight": 0.0},
+        {"method": "lrf", "kd_weight": KD},
+        {"method": "small", "kd_weight": KD},
     ]
     if "sequential" in extra:
-        rows += [("l0+KD sequential", dict(method="l0", kd_weight=1.0, schedule="sequential"))]
+        out.append({"method": "l0", "kd_weight": KD, "schedule": "sequential"})
     if "streaming" in extra:
-        rows += [
-            ("l0+KD streaming", dict(method="l0", kd_weight=1.0, streaming=True)),
-            ("LRF+KD streaming", dict(method="lrf", kd_weight=1.0, streaming=True)),
-            ("small+KD streaming (baseline)", dict(method="small", kd_weight=1.0, streaming=True)),
+        out += [
+            {"method": "l0", "kd_weight": KD, "streaming": True},
+            {"method": "lrf", "kd_weight": KD, "streaming": True},
+            {"method": "small", "kd_weight": KD, "streaming": True},
         ]
-    return rows
+    return out
 
 
-def mean_sd(xs: list[float]) -> str:
-    if len(xs) == 1:
-        return f"{xs[0]:.2f}"
-    return f"{statistics.mean(xs):.2f} ± {statistics.stdev(xs):.2f}"
+def grid(
+    budget: float, rank_ratio: float, seeds: list[int], extra: tuple[str, ...] | list[str] = ()
+) -> tuple[dict[str, Any], ...]:
+    """One config per row and seed, all at ``budget`` (LRF at ``rank_ratio``)."""
+    return tuple(
+        {"target_sparsity": budget, "rank_ratio": rank_ratio, "seed": seed, **row}
+        for seed in seeds
+        for row in rows(extra)
+    )
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser(
-        description=__doc__.splitlines()[0],
-        epilog=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    ap.add_argument("--preset", default="demo")
-    ap.add_argument(
-        "--budget", type=float, default=0.5, help="target encoder sparsity for every method"
-    )
-    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
-    ap.add_argument("--steps", type=int, default=0, help="compression steps (0: preset default)")
-    ap.add_argument("--extra", nargs="*", default=[], choices=["sequential", "streaming"])
-    ap.add_argument("--workdir", type=Path, default=None)
-    ap.add_argument(
-        "--teacher", type=Path, default=None, help="teacher model dir (default: the preset's)"
-    )
-    ap.add_argument("--streaming-teacher", type=Path, default=None, help="streaming teacher dir")
-    ap.add_argument(
-        "--streaming-teacher-steps",
-        type=int,
-        default=1200,
-        help="steps to make the streaming teacher when --streaming-teacher is not given",
-    )
-    args = ap.parse_args()
-    workdir = (args.workdir or default_workdir()).resolve()
-    data = prepare(args.preset, workdir, teacher=args.teacher)
-    teacher_dir, teacher = data.teacher_dir.resolve(), data.teacher
-    rank_ratio = rank_ratio_for_sparsity(teacher.model, args.budget)
-    # Teacher latency measured here, like every student's, so the column compares like with like.
-    t_lat = model_latency(teacher.model, data.test, teacher.tokenizer)["latency_ms_per_audio_s"]
+def add_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--budget", type=float, default=BUDGET,
+                   help=f"share of encoder parameters removed by every row (default {BUDGET})")  # fmt: skip
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="default: 0 1 2")
+    p.add_argument("--extra", nargs="*", default=[], choices=EXTRAS,
+                   help="sequential: l0+KD sequential; streaming: the streaming rows")  # fmt: skip
+
+
+def method_grid(args: argparse.Namespace, cfg: SweepConfig) -> tuple[dict[str, Any], ...]:
+    """The grid for the parsed flags: the LRF rank ratio matched to the budget on the
+    sweep's teacher (the preset's, built and cached on first use)."""
+    from kdprune.models.model_dir import load_model_dir
+    from kdprune.prepare import teacher_dir_of
+    from kdprune.pruning.lrf import rank_ratio_for_sparsity
+    from kdprune.utils import log
+
+    cfg = cfg.resolved()
+    teacher = teacher_dir_of(cfg.preset, Path(cfg.workdir), cfg.teacher_dir or None)
+    ratio = rank_ratio_for_sparsity(load_model_dir(teacher).model, args.budget)
+    points = grid(args.budget, ratio, args.seeds, args.extra)
     log(
-        f"budget: {args.budget:.0%} of encoder params removed; LRF rank_ratio {rank_ratio:.3f} matches it"
+        f"method table: {len(points)} trials ({len(rows(args.extra))} rows x seeds "
+        f"{args.seeds}), {args.budget:.0%} of the encoder removed (LRF rank ratio {ratio:.3f})"
     )
-    teachers = {False: teacher_dir}
-    if "streaming" in args.extra:
-        if args.streaming_teacher is None:
-            log(f"== streaming teacher ({args.streaming_teacher_steps} steps under chunk masks)")
-            st = compress(
-                CompressConfig(
-                    preset=args.preset,
-                    method="none",
-                    kd_weight=0.0,
-                    streaming=True,
-                    steps=args.streaming_teacher_steps,
-                ),
-                workdir,
-                teacher_dir=teacher_dir,
-            )
-            args.streaming_teacher = Path(st["model_dir"])
-        teachers[True] = args.streaming_teacher.resolve()
-    results: dict[str, list[dict]] = {}
-    for label, over in rows_for(args.budget, args.extra):
-        for seed in args.seeds:
-            cfg = replace(
-                CompressConfig(
-                    preset=args.preset,
-                    target_sparsity=args.budget,
-                    rank_ratio=rank_ratio,
-                    seed=seed,
-                    steps=args.steps,
-                ),
-                **over,
-            )
-            log(f"== {label}, seed {seed}")
-            results.setdefault(label, []).append(
-                compress(cfg, workdir, teacher_dir=teachers[cfg.streaming])
-            )
-    base = {
-        False: results.get("small+KD (baseline)"),
-        True: results.get("small+KD streaming (baseline)"),
-    }
-    t_metrics = {False: {**teacher.extra["metrics"], "latency_ms_per_audio_s": t_lat}}
-    if True in teachers:
-        t_metrics[True] = load_model_dir(teachers[True]).extra["metrics"]
-    lines = [
-        f"Budget: {args.budget:.0%} of the teacher's encoder parameters removed; seeds {args.seeds}; "
-        f"preset {args.preset}; steps {args.steps or 'preset default'}; teacher {teacher_dir}"
-        + (f"; streaming teacher {teachers[True]}" if True in teachers else "")
-        + ". Streaming rows compare with the streaming teacher and the streaming small+KD.",
-        "",
-        "| method | WER dev % | WER test % | params | encoder params | latency ms/audio s | Δ WER test vs small+KD | Δ WER test vs teacher |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
-    for streaming, m in t_metrics.items():
-        name = "dense streaming teacher" if streaming else "dense teacher"
-        lines.append(
-            f"| {name} | {100 * m['wer_dev']:.2f} | {100 * m['wer_test']:.2f} | {m['params']:,} | "
-            f"{m['encoder_params']:,} | {m['latency_ms_per_audio_s']:.2f} | | |"
-        )
-    for label, rs in results.items():
-        streaming = " streaming" in label
-        b = base[streaming]
-        wt = [100 * r["wer_test"] for r in rs]
-        rel_b = (
-            f"{100 * (statistics.mean(wt) / statistics.mean([100 * r['wer_test'] for r in b]) - 1):+.1f} %"
-            if b
-            else "n/a"
-        )
-        rel_t = (
-            f"{100 * (statistics.mean(wt) / (100 * t_metrics[streaming]['wer_test']) - 1):+.1f} %"
-        )
-        lines.append(
-            f"| {label} | {mean_sd([100 * r['wer_dev'] for r in rs])} | {mean_sd(wt)} | {statistics.mean(r['params'] for r in rs):,.0f} | "
-            f"{statistics.mean(r['encoder_params'] for r in rs):,.0f} | {mean_sd([r['latency_ms_per_audio_s'] for r in rs])} | {rel_b} | {rel_t} |"
-        )
-    out = workdir / "method_table" / f"{args.preset}-{int(100 * args.budget)}"
-    table = "\n".join(lines) + "\n"
-    atomic_write_text(out / "table.md", table)
-    write_json(out / "results.json", results)
-    print(table, file=sys.stderr)
-    emit_result({"table": str(out / "table.md"), "results": str(out / "results.json")})
-    return 0
+    return points
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(
+        main(
+            __doc__,
+            "method_table",
+            SpaceConfig(),
+            smoke={"preset": "tiny", "steps": 10, "initial_points": ()},
+            defaults={"early_stopping": False},
+            extend=add_flags,
+            grid=method_grid,
+        )
+    )

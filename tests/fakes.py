@@ -47,8 +47,14 @@ from kdprune.contract import (
     TAG_STOPPED_EARLY,
     TAG_SYNTHETIC,
     TAG_TRIAL_ID,
+    UTT_ERRORS,
+    UTT_HYP,
+    UTT_ID,
+    UTT_REF,
+    UTT_WORDS,
     artifact_location,
     method_knob,
+    utterances_file,
 )
 from kdprune.utils import log
 
@@ -167,7 +173,36 @@ def synthetic_compress(
         model_dir.mkdir(parents=True, exist_ok=True)
         torch.save(model.state_dict(), model_dir / "weights.pt")
         (model_dir / "config.json").write_text(json.dumps({"synthetic": True, "metrics": metrics}))
+        for split, wer in (("dev", wer_final), ("test", wer_final + 0.01)):
+            write_utterances(out / utterances_file(split), fake_utterances(wer, 20, cfg.seed))
     return {"model_dir": str(model_dir), **metrics}
+
+
+def fake_utterances(
+    wer: float, n: int, seed: int, difficulty: np.ndarray | None = None
+) -> list[dict[str, Any]]:
+    """``n`` made-up per-utterance records (the `evaluate_student` format) whose errors sum
+    to about ``wer`` × the reference words: utterance u has 8 + u % 8 words and errors drawn
+    Binomial(words, wer × difficulty[u]) with the generator seeded by ``seed``."""
+    rng = np.random.default_rng(seed)
+    words = 8 + np.arange(n) % 8
+    d = np.ones(n) if difficulty is None else difficulty
+    errors = rng.binomial(words, np.clip(wer * d, 0.0, 1.0))
+    return [
+        {
+            UTT_ID: f"/corpus/utt{u:04d}.wav",
+            UTT_REF: " ".join(["w"] * int(words[u])),
+            UTT_HYP: "",
+            UTT_ERRORS: int(errors[u]),
+            UTT_WORDS: int(words[u]),
+        }  # fmt: skip
+        for u in range(n)
+    ]
+
+
+def write_utterances(path: Path, records: list[dict[str, Any]]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
 
 
 def data_compress(
@@ -307,3 +342,110 @@ def make_synthetic_sweep(
         run_ids.append(rid)
     client.set_terminated(pid, "FINISHED", end_time=t0 + 1000 * (len(kinds) + 1))
     return {"experiment_id": exp_id, "parent_run_id": pid, "run_ids": run_ids}
+
+
+# -- a made-up fixed-grid sweep (sweeps/method_table.py) in MLflow ----------------------------
+GRID_ROWS: tuple[dict[str, Any], ...] = (
+    {"method": "l0", "kd_weight": 0.0},
+    {"method": "l0", "kd_weight": 1.0},
+    {"method": "lrf", "kd_weight": 0.0},
+    {"method": "lrf", "kd_weight": 1.0},
+    {"method": "small", "kd_weight": 1.0},
+    {"method": "l0", "kd_weight": 1.0, "schedule": "sequential"},
+    {"method": "l0", "kd_weight": 1.0, "streaming": True},
+    {"method": "lrf", "kd_weight": 1.0, "streaming": True},
+    {"method": "small", "kd_weight": 1.0, "streaming": True},
+)
+
+
+def make_synthetic_grid(
+    tracking_uri: str,
+    experiment: str,
+    wers: dict[str, float],
+    *,
+    seeds: tuple[int, ...] = (0, 1, 2),
+    rows: tuple[dict[str, Any], ...] = GRID_ROWS,
+    n_utts: int = 200,
+    budget: float = 0.5,
+    utterances: bool = True,
+) -> dict[str, Any]:
+    """A fixed-grid sweep as `sweeps/method_table.py` leaves it: a parent tagged
+    ``kdprune.sweep_kind=grid`` and one finished child per row and seed, every run tagged
+    synthetic. ``wers`` gives each row's true WER by its row label (``l0+KD sequential``);
+    dev and test utterances share a difficulty per utterance (so pairing matters), errors
+    are drawn per seed, and each child's wer_dev / wer_test are exactly its utterances'
+    corpus WER. ``utterances``: log the per-utterance artefacts. Returns experiment_id,
+    parent_run_id and {row label: [run ids by seed]}."""
+    import tempfile
+
+    from mlflow import MlflowClient
+    from mlflow.entities import Metric, Param
+
+    from kdprune.analysis.pareto import row_label, run_name
+    from kdprune.contract import (
+        ARTIFACT_UTTERANCES,
+        SWEEP_GRID,
+        TAG_SWEEP_KIND,
+    )
+
+    client = MlflowClient(tracking_uri=tracking_uri)
+    exp = client.get_experiment_by_name(experiment)
+    exp_id = exp.experiment_id if exp else client.create_experiment(
+        experiment, artifact_location(tracking_uri))  # fmt: skip
+    t0 = int(time.time() * 1000)
+    parent = client.create_run(exp_id, start_time=t0, run_name=f"{experiment}-synthetic", tags={
+        TAG_ROLE: ROLE_SWEEP, TAG_SYNTHETIC: "true", TAG_SWEEP_KIND: SWEEP_GRID})  # fmt: skip
+    pid = parent.info.run_id
+    difficulty = np.random.default_rng(1234).lognormal(0.0, 0.5, n_utts)
+    words = 8 + np.arange(n_utts) % 8  # as `fake_utterances`: the word-weighted mean is 1
+    difficulty /= (words * difficulty).sum() / words.sum()
+    runs: dict[str, list[str]] = {}
+    i = 0
+    for seed in seeds:
+        for row in rows:
+            p = {"target_sparsity": budget, "rank_ratio": 0.3, "schedule": "joint",
+                 "streaming": False, "seed": seed, "preset": "tiny", **row}  # fmt: skip
+            label = row_label(p)
+            wer = wers[label]
+            recs = {
+                split: fake_utterances(wer, n_utts, 1000 * seed + 10 * i + k, difficulty)
+                for k, split in enumerate(("dev", "test"))
+            }
+            sums = {s: [sum(r[key] for r in v) for key in (UTT_ERRORS, UTT_WORDS)]
+                    for s, v in recs.items()}  # fmt: skip
+            enc = SWEEP_TEACHER_ENCODER_PARAMS * (1 - budget) * (1 + 0.002 * ((i % 3) - 1))
+            total = enc + TEACHER_PARAMS - SWEEP_TEACHER_ENCODER_PARAMS
+            metrics = {
+                "wer_dev": sums["dev"][0] / sums["dev"][1],
+                "wer_test": sums["test"][0] / sums["test"][1],
+                "params": total,
+                "encoder_params": enc,
+                "params_ratio": total / TEACHER_PARAMS,
+                LATENCY: 4.0 + 9.0 * total / 1e6,
+                "rtf": 0.004 + 0.009 * total / 1e6,
+                "achieved_sparsity": 1 - enc / SWEEP_TEACHER_ENCODER_PARAMS,
+            }
+            start = t0 + 1000 * (i + 1)
+            tags = {TAG_ROLE: ROLE_TRIAL, TAG_PARENT: pid, TAG_TRIAL_ID: f"grid_{i:05d}",
+                    TAG_SYNTHETIC: "true"}  # fmt: skip
+            run = client.create_run(exp_id, start_time=start, tags=tags, run_name=run_name(p))
+            rid = run.info.run_id
+            for knob in KNOBS:  # as `logged_params` logs them: the unused knob is None
+                if knob != method_knob(p["method"]):
+                    p[knob] = None
+            client.log_batch(
+                rid,
+                metrics=[Metric(k, float(v), start + 900, 0) for k, v in metrics.items()],
+                params=[Param(k, str(v)) for k, v in p.items()],
+            )
+            if utterances:
+                with tempfile.TemporaryDirectory() as tmp:
+                    for split, rec in recs.items():
+                        path = Path(tmp) / utterances_file(split)
+                        write_utterances(path, rec)
+                        client.log_artifact(rid, str(path), ARTIFACT_UTTERANCES)
+            client.set_terminated(rid, "FINISHED", end_time=start + 950)
+            runs.setdefault(label, []).append(rid)
+            i += 1
+    client.set_terminated(pid, "FINISHED", end_time=t0 + 1000 * (i + 1))
+    return {"experiment_id": exp_id, "parent_run_id": pid, "runs": runs}

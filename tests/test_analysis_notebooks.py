@@ -7,7 +7,7 @@ from pathlib import Path
 
 import nbformat
 import pytest
-from fakes import make_synthetic_sweep
+from fakes import make_synthetic_grid, make_synthetic_sweep
 from nbclient import NotebookClient
 
 from kdprune.analysis.loading import load_trials
@@ -28,9 +28,9 @@ def store(tmp_path_factory):
     return uri
 
 
-def run_notebook(name: str, monkeypatch, uri: str) -> list:
+def run_notebook(name: str, monkeypatch, uri: str, experiment: str = "nb_sweep") -> list:
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    monkeypatch.setenv("KDPRUNE_EXPERIMENT", "nb_sweep")
+    monkeypatch.setenv("KDPRUNE_EXPERIMENT", experiment)
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     nb = nbformat.read(ANALYSIS / name, as_version=4)
     NotebookClient(
@@ -88,4 +88,17 @@ def test_paper_comparison_notebook_runs_and_shows_the_table(store, monkeypatch):
     for row in ("| l0+KD", "| LRF+KD", "| small+KD"):
         assert row in out
     assert "ΔWER dev vs small+KD" in out
+    assert "'nb_sweep' is a search sweep, not a fixed grid: no method table" in out
     assert images(cells) >= 1
+
+
+def test_paper_comparison_notebook_shows_a_grid_sweeps_method_table(tmp_path, monkeypatch):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    wers = {"l0": 0.2, "l0+KD": 0.1, "LRF": 0.2, "LRF+KD": 0.12, "small+KD": 0.15}
+    rows = ({"method": "l0", "kd_weight": 0.0}, {"method": "l0", "kd_weight": 1.0},
+            {"method": "lrf", "kd_weight": 0.0}, {"method": "lrf", "kd_weight": 1.0},
+            {"method": "small", "kd_weight": 1.0})  # fmt: skip
+    make_synthetic_grid(uri, "grid", wers, seeds=(0, 1), rows=rows, n_utts=60)
+    out = texts(run_notebook("paper_comparison.ipynb", monkeypatch, uri, "grid"))
+    assert "### Differences" in out and "| l0+KD | 2 |" in out
+    assert "| vs baseline | l0+KD | small+KD | test |" in out and "95 % CI" in out

@@ -48,6 +48,11 @@ def test_compress_every_combination(
         json.loads((tmp_path / "out" / "metrics.json").read_text())["encoder_params"]
         == res["encoder_params"]
     )
+    for split in ("dev", "test"):  # per-utterance evidence beside metrics.json, same WER
+        lines = (tmp_path / "out" / f"utterances_{split}.jsonl").read_text().splitlines()
+        recs = [json.loads(x) for x in lines]
+        wer = sum(r["errors"] for r in recs) / sum(r["ref_words"] for r in recs)
+        assert wer == pytest.approx(res[f"wer_{split}"])
     if method == "lrf":
         assert res["achieved_sparsity"] > 0.2
     if method == "small":

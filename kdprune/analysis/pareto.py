@@ -8,7 +8,8 @@ Rows with a missing (NaN) objective never enter a front.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -162,7 +163,7 @@ def add_labels(df: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
-def _settings(row: pd.Series) -> str:
+def _settings(row: Mapping[str, Any]) -> str:
     """``s=0.5 kd=1 seq stream``: the knob the trial's method searches (s: target
     sparsity, r: rank ratio; both when the method is unknown), KD weight, schedule, mode."""
     parts = []
@@ -180,6 +181,25 @@ def _settings(row: pd.Series) -> str:
     if is_true(row.get("streaming")):
         parts.append("stream")
     return " ".join(parts)
+
+
+def run_name(params: Mapping[str, Any]) -> str:
+    """A trial's MLflow run name: its label and settings, e.g. ``l0+KD s=0.67 kd=2 seed=1``
+    (``seq`` / ``stream`` for a sequential or streaming trial)."""
+    seed = params.get("seed")
+    name = f"{method_label(params.get('method'), params.get('kd_weight'))} {_settings(params)}"
+    return name + (f" seed={int(seed)}" if seed is not None and seed == seed else "")
+
+
+def row_label(params: Mapping[str, Any]) -> str:
+    """A method-table row: the label, then ``sequential`` and ``streaming`` when they apply
+    (``l0+KD``, ``l0+KD sequential``, ``small+KD streaming``)."""
+    label = method_label(params.get("method"), params.get("kd_weight"))
+    if params.get("schedule") == "sequential":
+        label += " sequential"
+    if is_true(params.get("streaming")):
+        label += " streaming"
+    return label
 
 
 def is_true(value: object) -> bool:

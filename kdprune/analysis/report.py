@@ -4,6 +4,7 @@ per-method fronts and the paper-comparison table (``kdprune report``)."""
 from __future__ import annotations
 
 import math
+import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -190,10 +191,16 @@ def write_report(
     out_dir: Path | None = None,
     objectives: tuple[str, ...] = DEFAULT_OBJECTIVES,
     reference_point: Sequence[float] | None = None,
+    register: str | None = None,
 ) -> dict:
     """Write ``pareto.csv``, plots (PNG + ``pareto.html``), ``paper_comparison.csv``,
     ``report.md`` and ``report.json`` for sweep ``experiment`` into ``out_dir`` (default
-    ``<workdir>/reports/<experiment>``) and return the JSON-able summary.
+    ``<workdir>/reports/<experiment>``) and return the JSON-able summary. A fixed-grid
+    sweep (`sweeps/method_table.py`) also gets its method table (``method_table.csv``,
+    ``method_deltas.csv``: `kdprune.analysis.method_table`).
+
+    ``register``: ``"knee"`` puts the knee run's model in the MLflow Model Registry (as a
+    new version of ``kdprune-<experiment>``), ``"front"`` every front run's.
 
     Raises ValueError when the store or the experiment does not exist. An experiment with
     no trial runs, or none finished, or none with the objectives logged, still gets a
@@ -244,6 +251,7 @@ def write_report(
     comparison = paper_comparison(df)
     comparison.table.to_csv(out_dir / "paper_comparison.csv", index=False)
     summary = method_summary(df, objectives, ref)
+    grid, knee_cmp = _evidence(experiment, uri, df, knee, out_dir)
 
     obj_txt = ", ".join(f"{o} ≤ {fmt_value(o, r)}" for o, r in zip(objectives, ref, strict=True))
     lines += [
@@ -254,6 +262,8 @@ def write_report(
         + ", ".join(f"{o} {fmt_value(o, knee[o])}" for o in objectives)
         + f" (run `{knee['run_id']}`)",
         "",
+        *_grid_lines(grid),
+        *_knee_lines(knee_cmp),
         f"## Pareto front ({', '.join(objectives)})",
         "",
         markdown_table(front_table(front, objectives), front_md_columns(objectives)),
@@ -264,17 +274,20 @@ def write_report(
         "Hypervolume of each method's own front at the same reference point (larger is better).",
         "",
         markdown_table(summary),
-        "## Paper comparison at matched parameter budgets",
-        "",
-        *(f"- {n}" for n in comparison.notes),
-        "- ΔWER: relative change vs the small+KD baseline at the same budget "
-        "(negative = better than the baseline).",
-        "",
     ]
-    cols = ["row", *VALUE_COLUMNS, "rel_wer_dev", "rel_wer_test", "match", "runs"]
-    for (section, budget), tab in comparison.table.groupby(["section", "budget"], sort=False):
-        lines += [f"### {section} at {fmt_value('budget', budget)} params", ""]
-        lines += [markdown_table(tab, cols)]
+    if grid is None:  # a fixed grid is compared in its method table, at its one budget
+        lines += [
+            "## Paper comparison at matched parameter budgets",
+            "",
+            *(f"- {n}" for n in comparison.notes),
+            "- ΔWER: relative change vs the small+KD baseline at the same budget "
+            "(negative = better than the baseline).",
+            "",
+        ]
+        cols = ["row", *VALUE_COLUMNS, "rel_wer_dev", "rel_wer_test", "match", "runs"]
+        for (section, budget), tab in comparison.table.groupby(["section", "budget"], sort=False):
+            lines += [f"### {section} at {fmt_value('budget', budget)} params", ""]
+            lines += [markdown_table(tab, cols)]
     lines += ["## Plots", ""]
     for name, png in art.plots_png.items():
         lines += [f"![{name}]({png.name})", ""]
@@ -300,6 +313,78 @@ def write_report(
             "records"
         ),
     }
+    if grid is not None:
+        result["method_table_csv"] = str(out_dir / "method_table.csv")
+        result["method_deltas_csv"] = str(out_dir / "method_deltas.csv")
+        result["method_table"] = _plain_records(grid.rows)
+        result["method_deltas"] = _plain_records(grid.deltas)
+    if len(knee_cmp):
+        result["knee_deltas"] = _plain_records(knee_cmp)
+    if register:
+        from kdprune.orchestration.run_content import register_runs
+
+        chosen = [knee] if register == "knee" else [r for _, r in front.iterrows()]
+        result["registered"] = register_runs(uri, experiment, [dict(r) for r in chosen])
     write_json(out_dir / "report.json", result)
     log(f"report for {experiment!r}: {len(front)} front trial(s) -> {report}")
     return result
+
+
+def _evidence(experiment: str, uri: str, df: pd.DataFrame, knee: pd.Series, out_dir: Path):
+    """The method table (a fixed-grid sweep; None otherwise) and the knee comparison,
+    with paired bootstrap intervals from the runs' per-utterance artefacts."""
+    from mlflow import MlflowClient
+
+    from kdprune.analysis.method_table import knee_deltas, load_method_table, mlflow_utterances
+
+    grid = load_method_table(experiment, uri, df=df)
+    if grid is not None:
+        grid.rows.to_csv(out_dir / "method_table.csv", index=False)
+        grid.deltas.to_csv(out_dir / "method_deltas.csv", index=False)
+    with tempfile.TemporaryDirectory(prefix="kdprune-utts-") as tmp:
+        knee_cmp = knee_deltas(df, knee, mlflow_utterances(MlflowClient(uri), tmp))
+    return grid, knee_cmp
+
+
+def _grid_lines(grid) -> list[str]:
+    if grid is None:
+        return []
+    from kdprune.analysis.method_table import markdown
+
+    return [
+        "## Method table",
+        "",
+        f"Fixed-grid sweep run `{grid.parent_run_id}`: every row at one parameter budget, "
+        "one run per seed. As data: `method_table.csv`, `method_deltas.csv`.",
+        "",
+        markdown(grid),
+    ]
+
+
+def _knee_lines(knee_cmp: pd.DataFrame) -> list[str]:
+    if not len(knee_cmp):
+        return []
+    from kdprune.analysis.method_table import deltas_markdown
+
+    return [
+        "### Knee vs the nearest-size run of the small+KD baseline",
+        "",
+        deltas_markdown(knee_cmp),
+    ]
+
+
+def _plain_records(df: pd.DataFrame) -> list[dict[str, Any]]:
+    """JSON-able records: NaN as None, numpy scalars as Python ones."""
+    out = []
+    for rec in df.to_dict("records"):
+        out.append(
+            {
+                k: None
+                if isinstance(v, float) and math.isnan(v)
+                else v.item()
+                if hasattr(v, "item")
+                else v
+                for k, v in rec.items()
+            }
+        )
+    return out

@@ -132,7 +132,8 @@ def compress(
     plain = run_stage(finetune, plain, replace(state, gated=False, lagrangian=None), env)
     plain.eval()
 
-    metrics = evaluate_student(plain, data, ctx.device)
+    # rank 0 writes utterances_{dev,test}.jsonl beside metrics.json (the sweep logs them)
+    metrics = evaluate_student(plain, data, ctx.device, out if ctx.rank == 0 else None)
     metrics.update({"prune_steps": recipe.prune_steps, "finetune_steps": finetune.steps})
     if cfg.method in ("l0", "small"):
         metrics.update({"target_sparsity": cfg.target_sparsity, "budget_fitted": budget_fitted})

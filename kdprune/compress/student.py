@@ -5,16 +5,18 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
 from kdprune.compress.config import CompressConfig
+from kdprune.contract import EVAL_SPLITS, utterances_file
 from kdprune.data.batching import Batch
 from kdprune.distill.kd import KDConfig, LayerKD
 from kdprune.distill.small import init_small_from_teacher, small_student_config
-from kdprune.eval.evaluate import model_latency, wer_on
+from kdprune.eval.evaluate import decode_set, model_latency, write_records
 from kdprune.models.conformer import lengths_to_mask
 from kdprune.models.transducer import Transducer
 from kdprune.prepare import Prepared
@@ -136,15 +138,26 @@ class StudentLoss(nn.Module):
 
 
 def evaluate_student(
-    model: Transducer, data: Prepared, device: str | torch.device
+    model: Transducer,
+    data: Prepared,
+    device: str | torch.device,
+    utterances_dir: Path | None = None,
 ) -> dict[str, Any]:
-    """Final DESIGN §3 metrics of the materialised student, relative to `data.teacher`."""
+    """Final DESIGN §3 metrics of the materialised student, relative to `data.teacher`.
+    With ``utterances_dir``, each split's per-utterance results are written there too
+    (``utterances_dev.jsonl``, ``utterances_test.jsonl``: the sweep logs them to MLflow,
+    and the report's paired bootstrap intervals resample them)."""
     teacher = data.teacher.model
     t_params, t_enc = teacher.num_params(), teacher.encoder_params()
     enc = model.encoder_params()
+    wer = {}
+    for split, fs in zip(EVAL_SPLITS, (data.dev, data.test), strict=True):
+        wer[split], records = decode_set(model, fs, data.tokenizer, device)
+        if utterances_dir is not None:
+            write_records(Path(utterances_dir) / utterances_file(split), records)
     return {
-        "wer_dev": wer_on(model, data.dev, data.tokenizer, device),
-        "wer_test": wer_on(model, data.test, data.tokenizer, device),
+        "wer_dev": wer["dev"],
+        "wer_test": wer["test"],
         "params": model.num_params(),
         "encoder_params": enc,
         "params_ratio": model.num_params() / t_params,

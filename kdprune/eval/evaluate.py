@@ -8,6 +8,7 @@ from typing import Any
 
 import torch
 
+from kdprune.contract import UTT_ERRORS, UTT_HYP, UTT_ID, UTT_REF, UTT_WORDS
 from kdprune.data.audio import load_audio
 from kdprune.data.batching import bucket_batches, collate
 from kdprune.data.features import FeatureSet, log_mel
@@ -15,7 +16,7 @@ from kdprune.data.manifest import read_manifest
 from kdprune.data.tokenizer import Tokenizer
 from kdprune.eval.decode import beam_decode, greedy_decode
 from kdprune.eval.latency import measure_latency
-from kdprune.eval.wer import corpus_wer
+from kdprune.eval.wer import corpus_wer, edit_distance
 from kdprune.models.transducer import Transducer
 from kdprune.utils import atomic_write_text, log
 
@@ -44,6 +45,38 @@ def transcribe(
         for j, i in enumerate(idx):
             hyps[i] = tok.decode(ids[j])
     return hyps
+
+
+def utterance_records(fs: FeatureSet, hyps: list[str]) -> list[dict[str, Any]]:
+    """One record per utterance (the `kdprune.contract` UTT_* keys): audio path,
+    reference, hypothesis, word errors, reference words: the evidence a paired bootstrap
+    between two systems resamples."""
+    records = []
+    for u, h in zip(fs.utts, hyps, strict=True):
+        ref = u.text.split()
+        records.append(
+            {
+                UTT_ID: str(u.audio_filepath),
+                UTT_REF: u.text,
+                UTT_HYP: h,
+                UTT_ERRORS: edit_distance(ref, h.split()),
+                UTT_WORDS: len(ref),
+            }
+        )
+    return records
+
+
+def decode_set(
+    model: Transducer, fs: FeatureSet, tok: Tokenizer, device="cpu", beam: int = 1
+) -> tuple[float, list[dict[str, Any]]]:
+    """Corpus WER of a FeatureSet and its `utterance_records`."""
+    hyps = transcribe(model, fs, tok, device, beam)
+    return corpus_wer([u.text for u in fs.utts], hyps)[0], utterance_records(fs, hyps)
+
+
+def write_records(path: Path, records: list[dict[str, Any]]) -> None:
+    """JSON Lines, one record a line (atomically)."""
+    atomic_write_text(Path(path), "".join(json.dumps(r) + "\n" for r in records))
 
 
 def wer_on(model: Transducer, fs: FeatureSet, tok: Tokenizer, device="cpu", beam: int = 1) -> float:
@@ -116,11 +149,7 @@ def evaluate(
     refs = [u.text for u in fs.utts]
     wer, errors, words = corpus_wer(refs, hyps)
     if output is not None:
-        lines = [
-            json.dumps({"audio_filepath": str(u.audio_filepath), "reference": r, "hypothesis": h})
-            for u, r, h in zip(fs.utts, refs, hyps, strict=True)
-        ]
-        atomic_write_text(Path(output), "\n".join(lines) + "\n")
+        write_records(Path(output), utterance_records(fs, hyps))
     log("measuring latency at batch 1")
     lat = model_latency(model, fs, tok, device, latency_utts)
     return {

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import sys
+from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
@@ -114,19 +115,29 @@ def main(
     smoke: dict[str, Any] | None = None,
     defaults: dict[str, Any] | None = None,
     trainer: Trainer | None = None,
+    extend: Callable[[argparse.ArgumentParser], None] | None = None,
+    grid: Callable[[argparse.Namespace, SweepConfig], tuple[dict[str, Any], ...]] | None = None,
 ) -> int:
     """Parse flags, run (or resume) the sweep, print the front on stderr and the JSON.
     ``defaults`` are SweepConfig fields of this sweep (e.g. its objectives); ``smoke``
     what --smoke-test changes on top (tiny preset, 4 trials, an l0 and an LRF trial);
-    ``trainer`` is `run_sweep`'s (default: `kdprune.compress.compress`)."""
+    ``trainer`` is `run_sweep`'s (default: `kdprune.compress.compress`). A fixed-grid
+    sweep adds its flags with ``extend(parser)`` and gives its configs with
+    ``grid(args, cfg)`` (not called on --resume: the stored grid is run)."""
     # Imported here, not above, on purpose: tracking loads Ray and pandas (seconds), which
     # a sweep script's --help or a mistyped flag should not wait for.
     from kdprune.orchestration.tracking import TrackingUnavailable
 
-    args = build_parser(doc).parse_args(argv)
+    parser = build_parser(doc)
+    if extend is not None:
+        extend(parser)
+    args = parser.parse_args(argv)
     base = SweepConfig(name=name, space=space, **(defaults or {}))
     cfg = config_from_args(args, base, {**SMOKE, **(smoke or {})})
     try:  # Tune and Ray print tables and worker output on stdout: keep it for the result
+        if grid is not None and not args.resume:
+            points = tuple(grid(args, cfg))
+            cfg = replace(cfg, grid=points, trials=len(points), early_stopping=False)
         with contextlib.redirect_stdout(sys.stderr):
             result = run_sweep(
                 cfg, resume=args.resume or False, num_cpus=args.num_cpus, trainer=trainer

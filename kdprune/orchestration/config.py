@@ -119,6 +119,10 @@ class SweepConfig:
     # Configs tried first (Optuna enqueue_trial), e.g. one l0 and one LRF trial; keys are
     # searched params (method, target_sparsity, rank_ratio, kd_weight, ...).
     initial_points: tuple[dict[str, Any], ...] = ()
+    # A fixed grid instead of a search (sweeps/method_table.py): exactly these configs, one
+    # trial each, in this order (keys as in initial_points, plus seed, schedule, streaming,
+    # chunk_size); `trials`, the sampler and the space's ranges are then unused.
+    grid: tuple[dict[str, Any], ...] = ()
 
     def check(self) -> None:
         """ValueError naming the first out-of-range field."""
@@ -148,6 +152,10 @@ class SweepConfig:
             raise ValueError(f"min_peers must be >= 1, got {self.min_peers}")
         if self.params_budget < 0:
             raise ValueError(f"params_budget must be >= 0, got {self.params_budget}")
+        if self.grid and self.early_stopping:
+            raise ValueError("a fixed grid runs every config to its end: early_stopping=False")
+        if any(p.get("method") not in METHODS for p in self.grid):
+            raise ValueError(f"every grid config needs a method from {METHODS}")
         if self.reference_point and len(self.reference_point) != len(self.objectives):
             raise ValueError(
                 f"reference_point has {len(self.reference_point)} values for "

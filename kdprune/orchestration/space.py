@@ -80,3 +80,38 @@ def logged_params(config: dict[str, Any]) -> dict[str, Any]:
     if not out["streaming"]:
         del out["chunk_size"]
     return out
+
+
+def grid_configs(cfg: Any) -> list[dict[str, Any]]:
+    """A `SweepConfig`'s fixed grid as complete trial configs: each point plus what it
+    leaves out (preset, steps, seed, schedule, streaming, chunk size, left chunks) from the
+    sweep, and every key in every config (None where a point has none), as Tune needs."""
+    sp = cfg.space
+    base = {
+        "preset": cfg.preset,
+        "steps": cfg.steps,
+        "seed": cfg.seed,
+        "schedule": sp.schedules[0],
+        "streaming": bool(sp.streaming[0]),
+        "chunk_size": sp.chunk_sizes[0],
+        "left_chunks": sp.left_chunks,
+    }
+    points = [{**base, **point} for point in cfg.grid]
+    keys = sorted({k for p in points for k in p})
+    return [{k: p.get(k) for k in keys} for p in points]
+
+
+def grid_space(configs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Tune's param space of a fixed grid: each key a categorical over the values the
+    configs give it. With the configs as ``points_to_evaluate`` of a
+    `BasicVariantGenerator` and ``num_samples = len(configs)``, Tune runs exactly them."""
+    from ray import tune
+
+    space = {}
+    for key in configs[0]:
+        values: list[Any] = []
+        for c in configs:
+            if c[key] not in values:
+                values.append(c[key])
+        space[key] = tune.choice(values)
+    return space

@@ -32,18 +32,22 @@ from kdprune.contract import (
     ROLE_SWEEP,
     ROLE_TRIAL,
     RUNG_METRICS,
+    SWEEP_SEARCH,
     TAG_ATTEMPT,
     TAG_FAILURE_REASON,
     TAG_MODEL_DIR,
+    TAG_NOTE,
     TAG_PARENT,
     TAG_ROLE,
     TAG_STOPPED_AT_STEP,
     TAG_STOPPED_EARLY,
+    TAG_SWEEP_KIND,
     TAG_SWEEP_RUN,
     TAG_TRIAL_ID,
     artifact_location,
     method_knob,
 )
+from kdprune.orchestration import run_content
 from kdprune.orchestration.space import logged_params
 from kdprune.utils import log
 
@@ -103,7 +107,14 @@ def _numeric(value: Any) -> float | None:
 class SweepTracker:
     """Parent and child runs of one sweep run; every MLflow call of the sweep goes here."""
 
-    def __init__(self, uri: str, experiment: str, run_name: str) -> None:
+    def __init__(
+        self,
+        uri: str,
+        experiment: str,
+        run_name: str,
+        manifests: dict[str, str] | None = None,
+    ) -> None:
+        """``manifests``: the corpus ({split: manifest path}), logged as dataset inputs."""
         from mlflow import MlflowClient
 
         self.uri, self.experiment, self.run_name = uri, experiment, run_name
@@ -115,11 +126,23 @@ class SweepTracker:
             )
         else:
             self.experiment_id = exp.experiment_id
+        run_content.set_experiment_kind(self.client, self.experiment_id)
         self._children: dict[str, str] = {}
+        self.manifests = dict(manifests or {})
+        self._datasets: list | None = None
+
+    @property
+    def datasets(self) -> list:
+        """The corpus as MLflow dataset inputs (built once)."""
+        if self._datasets is None:
+            self._datasets = run_content.corpus_datasets(self.manifests)
+        return self._datasets
 
     # -- parent ---------------------------------------------------------------------------
-    def parent_run(self, params: dict[str, Any]) -> str:
-        """The sweep run's parent (reused on resume, found by its sweep-run tag)."""
+    def parent_run(self, params: dict[str, Any], kind: str = SWEEP_SEARCH) -> str:
+        """The sweep run's parent (reused on resume, found by its sweep-run tag), with a
+        description of how to compare its runs and the corpus as dataset inputs; ``kind``:
+        ``search`` (Optuna) or ``grid`` (fixed configurations)."""
         runs = self.client.search_runs(
             [self.experiment_id],
             f"tags.`{TAG_ROLE}` = '{ROLE_SWEEP}' AND tags.`{TAG_SWEEP_RUN}` = '{self.run_name}'",
@@ -132,13 +155,19 @@ class SweepTracker:
         run = self.client.create_run(
             self.experiment_id,
             run_name=self.run_name,
-            tags={TAG_ROLE: ROLE_SWEEP, TAG_SWEEP_RUN: self.run_name},
+            tags={
+                TAG_ROLE: ROLE_SWEEP,
+                TAG_SWEEP_RUN: self.run_name,
+                TAG_SWEEP_KIND: kind,
+                TAG_NOTE: run_content.parent_note(self.experiment, kind, self.experiment_id),
+            },
         )
         from mlflow.entities import Param
 
         self.client.log_batch(
             run.info.run_id, params=[Param(k, str(v)[:6000]) for k, v in params.items()]
         )
+        run_content.log_corpus(self.client, run.info.run_id, self.datasets)
         return run.info.run_id
 
     # -- children -------------------------------------------------------------------------
@@ -152,10 +181,12 @@ class SweepTracker:
             self.client.update_run(run_id, status="RUNNING")
             self._children[trial_id] = run_id
             return run_id, attempt
+        from kdprune.analysis.pareto import run_name
+
         params = logged_params(config)
         run = self.client.create_run(
             self.experiment_id,
-            run_name=f"{params.get('method')}-{trial_id}",
+            run_name=run_name(params),
             tags={
                 TAG_PARENT: parent_id,
                 TAG_ROLE: ROLE_TRIAL,
@@ -166,6 +197,8 @@ class SweepTracker:
         from mlflow.entities import Param
 
         self.client.log_batch(run.info.run_id, params=[Param(k, str(v)) for k, v in params.items()])
+        run_content.log_trial_config(self.client, run.info.run_id, config)
+        run_content.log_corpus(self.client, run.info.run_id, self.datasets)
         self._children[trial_id] = run.info.run_id
         return run.info.run_id, 1
 
@@ -227,6 +260,11 @@ class SweepTracker:
         self.client.log_batch(run_id, metrics=metrics)
         if result.get("model_dir"):
             self.client.set_tag(run_id, TAG_MODEL_DIR, str(result["model_dir"]))
+        final = {k: v for k, v in result.items() if k not in BOOKKEEPING}
+        try:
+            run_content.log_trial_results(self.client, run_id, final)
+        except Exception as exc:  # the metrics are in; say what is missing, keep the sweep going
+            log(f"could not log the artefacts of run {run_id}: {exc!r}")
         self.client.set_tag(run_id, TAG_STOPPED_EARLY, "false")
         self.client.set_terminated(run_id, "FINISHED")
         return "finished"
@@ -262,10 +300,12 @@ class MlflowSweepCallback(Callback):
         parent_run_id: str,
         objectives: tuple[str, ...],
         reference_point: tuple[float, ...],
+        manifests: dict[str, str] | None = None,
     ) -> None:
         self.uri, self.experiment, self.run_name = uri, experiment, run_name
         self.parent_run_id = parent_run_id
         self.objectives, self.reference_point = tuple(objectives), tuple(reference_point)
+        self.manifests = dict(manifests or {})
         self._tracker: SweepTracker | None = None
 
     def __getstate__(self) -> dict[str, Any]:  # Tune pickles callbacks with the experiment
@@ -274,7 +314,7 @@ class MlflowSweepCallback(Callback):
     @property
     def tracker(self) -> SweepTracker:
         if self._tracker is None:
-            self._tracker = SweepTracker(self.uri, self.experiment, self.run_name)
+            self._tracker = SweepTracker(self.uri, self.experiment, self.run_name, self.manifests)
         return self._tracker
 
     def on_trial_start(self, iteration, trials, trial, **info) -> None:

@@ -18,11 +18,18 @@ from __future__ import annotations
 import math
 import os
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
-from kdprune.contract import COUNT_METRICS, LATENCY, resolve_tracking_uri
+from kdprune.contract import (
+    COUNT_METRICS,
+    LATENCY,
+    SWEEP_GRID,
+    SWEEP_SEARCH,
+    resolve_tracking_uri,
+    ui_runs_path,
+)
 from kdprune.orchestration.config import (
     SweepConfig,
     max_concurrent_trials,
@@ -49,6 +56,7 @@ class SweepRun:
     parent_run_id: str
     reference_point: tuple[float, ...]
     status: str = "running"  # running | finished
+    manifests: dict[str, str] = field(default_factory=dict)  # the corpus: {split: manifest}
 
     @property
     def state_dir(self) -> Path:
@@ -71,6 +79,7 @@ class SweepRun:
             data["parent_run_id"],
             tuple(data["reference_point"]),
             data.get("status", "running"),
+            data.get("manifests", {}),
         )
 
 
@@ -85,9 +94,15 @@ def find_run(workdir: str | Path, name: str, resume: str | bool) -> Path | None:
     return max(runs, key=lambda p: p.name) if runs else None
 
 
-def prepare_teacher(cfg: SweepConfig) -> tuple[str, dict[str, Any]]:
-    """Teacher directory and metrics (the given teacher, or the preset's, built and cached
-    under the workdir by the pipeline), with the corpus and feature caches built once here,
+class PreparedTeacher(NamedTuple):
+    model_dir: str
+    metrics: dict[str, Any]  # as measured when it was trained (sizes only for a given one)
+    manifests: dict[str, str]  # the corpus: {split: manifest path}
+
+
+def prepare_teacher(cfg: SweepConfig) -> PreparedTeacher:
+    """Teacher directory, metrics and corpus (the given teacher, or the preset's, built and
+    cached under the workdir by the pipeline), with the corpus and feature caches built once here,
     in the driver, before any trial starts: otherwise every concurrent trial's worker
     synthesises the same corpus at once (seen from a fresh clone: two workers each at
     16 utt/s over the same 6600 files)."""
@@ -96,11 +111,14 @@ def prepare_teacher(cfg: SweepConfig) -> tuple[str, dict[str, Any]]:
     if not cfg.teacher_dir:
         log(f"preparing the {cfg.preset} teacher (cached under {cfg.workdir})")
     prepared = prepare(cfg.preset, Path(cfg.workdir), teacher=cfg.teacher_dir or None)
+    manifests = {k: str(Path(v).resolve()) for k, v in prepared.manifests.items()}
     if cfg.teacher_dir:
         m = prepared.teacher.model
-        return cfg.teacher_dir, {"params": m.num_params(), "encoder_params": m.encoder_params()}
+        sizes = {"params": m.num_params(), "encoder_params": m.encoder_params()}
+        return PreparedTeacher(cfg.teacher_dir, sizes, manifests)
     metrics = prepared.teacher.extra.get("metrics", {})  # as measured when it was trained
-    return str(prepared.teacher_dir), {"model_dir": str(prepared.teacher_dir), **metrics}
+    teacher_dir = str(prepared.teacher_dir)
+    return PreparedTeacher(teacher_dir, {"model_dir": teacher_dir, **metrics}, manifests)
 
 
 def reference_point(objectives: tuple[str, ...], teacher: dict[str, Any]) -> tuple[float, ...]:
@@ -214,13 +232,25 @@ def build_tuner(run: SweepRun, teacher_dir: str, resume: bool, trainer: Trainer)
         log(f"restoring the Tune run {exp_path}")
         return tune.Tuner.restore(exp_path, trainable, resume_unfinished=True), store
     concurrency = max_concurrent_trials(cfg, ray.cluster_resources())
+    trials = len(cfg.grid) or cfg.trials
     log(
-        f"{cfg.trials} trials, up to {concurrency} at once ({cfg.num_workers} worker(s) x "
-        f"{'GPU' if cfg.use_gpu else f'{cfg.cpus_per_worker:g} CPU'} each), sampler {cfg.sampler}"
+        f"{trials} trials, up to {concurrency} at once ({cfg.num_workers} worker(s) x "
+        f"{'GPU' if cfg.use_gpu else f'{cfg.cpus_per_worker:g} CPU'} each), "
+        + ("a fixed grid" if cfg.grid else f"sampler {cfg.sampler}")
     )
-    searcher = build_searcher(
-        cfg, SearchSpace(cfg.space, cfg.preset, cfg.seed, cfg.steps), run.optuna_url, run.run_name
-    )
+    param_space: dict[str, Any] = {}
+    if cfg.grid:  # exactly the grid's configs, in order: no sampler, no early stopping
+        from ray.tune.search import BasicVariantGenerator
+
+        from kdprune.orchestration.space import grid_configs, grid_space
+
+        configs = grid_configs(cfg)
+        param_space = grid_space(configs)
+        # (Tune's max_concurrent_trials does not apply to a generator: it limits itself)
+        searcher = BasicVariantGenerator(points_to_evaluate=configs, max_concurrent=concurrency)
+    else:
+        space = SearchSpace(cfg.space, cfg.preset, cfg.seed, cfg.steps)
+        searcher = build_searcher(cfg, space, run.optuna_url, run.run_name)
     callback = MlflowSweepCallback(
         resolve_tracking_uri(workdir=cfg.workdir),
         cfg.name,
@@ -228,13 +258,15 @@ def build_tuner(run: SweepRun, teacher_dir: str, resume: bool, trainer: Trainer)
         run.parent_run_id,
         cfg.objectives,
         run.reference_point,
+        run.manifests,
     )
     tuner = tune.Tuner(
         trainable,
+        param_space=param_space,
         tune_config=tune.TuneConfig(
             search_alg=searcher,
-            num_samples=cfg.trials,
-            max_concurrent_trials=concurrency,
+            num_samples=trials,
+            max_concurrent_trials=None if cfg.grid else concurrency,
             reuse_actors=False,
         ),
         run_config=tune.RunConfig(
@@ -268,19 +300,22 @@ def start_run(
         log(f"resuming sweep run {run.run_name} ({found}) with its stored settings")
         teacher_dir = run.config.teacher_dir
         if prepare:
-            teacher_dir, _ = prepare_teacher(run.config)
-        SweepTracker(uri, run.config.name, run.run_name).parent_run({})
+            teacher_dir = prepare_teacher(run.config).model_dir
+        kind = SWEEP_GRID if run.config.grid else SWEEP_SEARCH
+        SweepTracker(uri, run.config.name, run.run_name, run.manifests).parent_run({}, kind)
         return run, teacher_dir, {}
+    kind = SWEEP_GRID if cfg.grid else SWEEP_SEARCH
     run_name = f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    teacher_dir, teacher = cfg.teacher_dir, {}
+    prepared = PreparedTeacher(cfg.teacher_dir, {}, {})
     if prepare:
-        teacher_dir, teacher = prepare_teacher(cfg)
+        prepared = prepare_teacher(cfg)
+    teacher_dir, teacher = prepared.model_dir, prepared.metrics
     ref = tuple(cfg.reference_point) or reference_point(cfg.objectives, teacher)
-    tracker = SweepTracker(uri, cfg.name, run_name)
+    tracker = SweepTracker(uri, cfg.name, run_name, prepared.manifests)
     params = {
         k: v
         for k, v in to_dict(cfg).items()
-        if k not in ("space", "workdir", "storage", "teacher_dir", "reference_point")
+        if k not in ("space", "workdir", "storage", "teacher_dir", "reference_point", "grid")
     }
     params.update(
         {f"space.{k}": v for k, v in to_dict(cfg.space).items()},
@@ -288,8 +323,12 @@ def start_run(
         reference_point=list(ref),
         teacher_dir=teacher_dir,
     )
-    parent = tracker.parent_run(params)
-    run = SweepRun(run_name, cfg, parent, ref)
+    if cfg.grid:
+        params["grid_size"] = len(cfg.grid)
+    parent = tracker.parent_run(params, kind)
+    if cfg.grid:  # the configs themselves, readable in full (a param holds 6000 characters)
+        tracker.client.log_dict(parent, {"grid": list(cfg.grid)}, "grid.json")
+    run = SweepRun(run_name, cfg, parent, ref, manifests=prepared.manifests)
     run.save()
     return run, teacher_dir, teacher
 
@@ -332,7 +371,7 @@ def run_sweep(
         os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
         tuner, _store = build_tuner(run, teacher_dir, resume=bool(resume), trainer=trainer)
         tuner.fit()
-        orphans = fail_orphans(run.optuna_url, run.run_name)
+        orphans = 0 if run.config.grid else fail_orphans(run.optuna_url, run.run_name)
         if orphans:
             log(f"marked {orphans} orphaned Optuna trial(s) of a killed driver as FAIL")
         tracker = SweepTracker(uri, run.config.name, run.run_name)
@@ -347,12 +386,14 @@ def run_sweep(
 
 def sweep_result(run: SweepRun, uri: str, wall_s: float) -> dict[str, Any]:
     """The last-stdout-line JSON of a sweep: where it is tracked and its Pareto front."""
+    from mlflow import MlflowClient
+
     from kdprune.analysis.artifacts import front_table
     from kdprune.analysis.loading import load_trials, state_counts
     from kdprune.analysis.pareto import hypervolume, pareto_front
 
-    objectives = run.config.objectives
-    df = load_trials(run.config.name, uri, parent_run_id=run.parent_run_id)
+    objectives, name = run.config.objectives, run.config.name
+    df = load_trials(name, uri, parent_run_id=run.parent_run_id)
     front = pareto_front(df, objectives)
     rows = front_table(front, objectives).to_dict(orient="records")
     pareto = [{k: _plain(v) for k, v in r.items()} for r in rows]
@@ -362,13 +403,17 @@ def sweep_result(run: SweepRun, uri: str, wall_s: float) -> dict[str, Any]:
         "experiment": run.config.name,
         "parent_run_id": run.parent_run_id,
         "run_name": run.run_name,
+        # `mlflow ui --backend-store-uri <tracking_uri>`, then this path: the trials view
+        "mlflow_ui_path": ui_runs_path(
+            MlflowClient(uri).get_experiment_by_name(name).experiment_id
+        ),
         "objectives": list(objectives),
         "pareto": pareto,
         "hypervolume": hypervolume(values, run.reference_point) if len(front) else 0.0,
         "reference_point": list(run.reference_point),
         "trials": state_counts(df),
         "sweep_dir": str(run.state_dir),
-        "optuna_storage": run.optuna_url,
+        "optuna_storage": None if run.config.grid else run.optuna_url,  # a grid: no study
         "storage": redact(run.config.storage),
         "wall_s": round(wall_s, 1),
     }
