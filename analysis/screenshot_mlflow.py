@@ -1,6 +1,6 @@
 """Screenshots of a sweep in the MLflow UI, as a user opens it: the experiment page (runs
 table), a trial run's artefacts, and the Model Registry entry of the sweep. Starts
-``mlflow ui`` on 127.0.0.1 for the store, drives headless Chromium, writes PNGs, stops
+``mlflow ui --host 127.0.0.1`` for the store, drives headless Chromium, writes PNGs, stops
 the server. A manual check of issue 15 item 6 (CI does not depend on Chromium).
 
 Usage:
@@ -59,7 +59,7 @@ def free_port() -> int:
 
 
 def start_ui(uri: str, port: int, log_path: Path) -> subprocess.Popen:
-    """``mlflow ui`` in its own process group (so all its workers stop with it)."""
+    """The MLflow UI server in its own process group (so all its workers stop with it)."""
     mlflow_bin = Path(sys.executable).parent / "mlflow"
     cmd = [str(mlflow_bin), "ui", "--backend-store-uri", uri, "--registry-store-uri", uri,
            "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]  # fmt: skip
@@ -71,7 +71,7 @@ def wait_healthy(port: int, proc: subprocess.Popen, timeout_s: float = 180.0) ->
     t0 = time.time()
     while time.time() - t0 < timeout_s:
         if proc.poll() is not None:
-            raise SystemExit(f"mlflow ui exited with {proc.returncode}")
+            raise SystemExit(f"the MLflow UI exited with {proc.returncode}")
         try:
             with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as r:
                 if r.status == 200:
@@ -79,7 +79,7 @@ def wait_healthy(port: int, proc: subprocess.Popen, timeout_s: float = 180.0) ->
         except OSError:
             pass
         time.sleep(1.0)
-    raise SystemExit(f"mlflow ui did not answer on port {port} within {timeout_s:.0f} s")
+    raise SystemExit(f"the MLflow UI did not answer on port {port} within {timeout_s:.0f} s")
 
 
 def screenshot(url: str, png: Path, size: str, budget_ms: int) -> Path:

@@ -205,14 +205,9 @@ def write_utterances(path: Path, records: list[dict[str, Any]]) -> None:
     path.write_text("".join(json.dumps(r) + "\n" for r in records))
 
 
-def data_compress(
-    cfg: Any,
-    workdir: Path,
-    out_dir: Path | None = None,
-    teacher_dir: Path | None = None,
-    ctx: Any = None,
-) -> dict[str, Any]:
-    """`synthetic_compress` holding the features of ``$KDPRUNE_TEST_MANIFEST`` meanwhile."""
+def data_compress(cfg: Any, *args: Any, **kw: Any) -> dict[str, Any]:
+    """`synthetic_compress` (same arguments) holding the features of
+    ``$KDPRUNE_TEST_MANIFEST`` meanwhile."""
     from kdprune.data.audio import load_audio
     from kdprune.data.features import FeatureConfig, log_mel
     from kdprune.data.manifest import read_manifest
@@ -220,7 +215,7 @@ def data_compress(
     front = FeatureConfig()
     utts = read_manifest(os.environ["KDPRUNE_TEST_MANIFEST"])
     feats = [log_mel(torch.from_numpy(load_audio(u.audio_filepath)), front) for u in utts]
-    result = synthetic_compress(cfg, workdir, out_dir, teacher_dir, ctx)
+    result = synthetic_compress(cfg, *args, **kw)
     result["data_utterances"] = len(feats)
     result["data_frames"] = sum(int(f.shape[0]) for f in feats)
     return result
@@ -275,6 +270,13 @@ def synthetic_trial(rng: np.random.Generator, method: str, kd_weight: float, sch
         "achieved_sparsity": 1 - kept,
     }
     return params, metrics
+
+
+def synthetic_store(root: Path, experiment: str, n_trials: int, **kw: Any) -> str:
+    """A sqlite MLflow store in `root` holding one made-up sweep; returns its URI."""
+    uri = f"sqlite:///{Path(root) / 'mlflow.db'}"
+    make_synthetic_sweep(uri, experiment, n_trials, **kw)
+    return uri
 
 
 def make_synthetic_sweep(

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import nbformat
 import pytest
-from fakes import make_synthetic_grid, make_synthetic_sweep
+from fakes import make_synthetic_grid, make_synthetic_sweep, synthetic_store
 from nbclient import NotebookClient
 
 from kdprune.analysis.loading import load_trials
@@ -18,11 +18,9 @@ ANALYSIS = Path(__file__).resolve().parent.parent / "analysis"
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
-    root = tmp_path_factory.mktemp("mlflow")
-    uri = f"sqlite:///{root / 'mlflow.db'}"
-    make_synthetic_sweep(
-        uri, "nb_sweep", 24, seed=7, n_failed=1, n_stopped_early=1,
-        schedules=("joint", "sequential"),
+    uri = synthetic_store(
+        tmp_path_factory.mktemp("mlflow"), "nb_sweep", 24, seed=7, n_failed=1,
+        n_stopped_early=1, schedules=("joint", "sequential"),
     )  # fmt: skip
     make_synthetic_sweep(uri, "other_sweep", 4, seed=8)  # the notebooks must pick nb_sweep
     return uri

@@ -6,7 +6,7 @@ import json
 
 import pandas as pd
 import pytest
-from fakes import make_synthetic_sweep
+from fakes import make_synthetic_sweep, synthetic_store
 from mlflow import MlflowClient
 
 from kdprune.analysis.loading import load_trials
@@ -17,9 +17,8 @@ from kdprune.analysis.report import write_report
 @pytest.fixture(scope="module")
 def uri(tmp_path_factory):
     root = tmp_path_factory.mktemp("mlflow")
-    uri = f"sqlite:///{root / 'mlflow.db'}"
-    make_synthetic_sweep(
-        uri, "sweep", 36, seed=4, n_failed=2, n_stopped_early=2,
+    uri = synthetic_store(
+        root, "sweep", 36, seed=4, n_failed=2, n_stopped_early=2,
         schedules=("joint", "sequential"), streaming=(False, True),
     )  # fmt: skip
     make_synthetic_sweep(uri, "failed_only", 0, seed=5, n_failed=3)

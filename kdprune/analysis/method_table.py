@@ -21,13 +21,10 @@ each seed both have, its sd and range. A Δ is significant when its interval exc
 
 from __future__ import annotations
 
-import json
 import math
-import os
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -35,23 +32,20 @@ import pandas as pd
 
 from kdprune.analysis.bootstrap import RESAMPLES, SEED, PairedDelta, compare_pooled, pool_seeds
 from kdprune.analysis.pareto import BASELINE_LABEL, is_true, label_sort_key, row_label
+from kdprune.analysis.utterances import (
+    UtteranceLoader,
+    Utterances,
+    mlflow_utterances,
+)
 from kdprune.contract import (
-    ARTIFACT_UTTERANCES,
     COUNT_METRICS,
     EVAL_SPLITS,
     KNOBS,
     SWEEP_GRID,
     TAG_SWEEP_KIND,
-    UTT_ERRORS,
-    UTT_ID,
-    UTT_WORDS,
     resolve_tracking_uri,
-    utterances_file,
 )
 
-# Per-utterance results of one run on one split: {utterance id: (errors, reference words)}.
-Utterances = dict[str, tuple[float, float]]
-UtteranceLoader = Callable[[str, str], "Utterances | None"]  # (run id, split) -> or None
 SPREAD = ("wer_dev", "wer_test", "achieved_sparsity")  # reported as mean ± sd
 MEANS = COUNT_METRICS  # reported as the mean over seeds
 COMPARISONS = ("vs baseline", "KD vs no KD", "joint vs sequential", "l0 vs LRF")
@@ -66,34 +60,6 @@ class MethodTable:
     deltas: pd.DataFrame
     parent_run_id: str | None = None
     notes: list[str] = field(default_factory=list)
-
-
-def read_utterances(path: str | Path) -> Utterances:
-    """A per-utterance JSON Lines file -> {id: (errors, reference words)}."""
-    out: Utterances = {}
-    for line in Path(path).read_text().splitlines():
-        if line.strip():
-            r = json.loads(line)
-            out[str(r[UTT_ID])] = (float(r[UTT_ERRORS]), float(r[UTT_WORDS]))
-    return out
-
-
-def mlflow_utterances(client: Any, cache_dir: str | Path) -> UtteranceLoader:
-    """A loader reading a run's ``utterances/utterances_<split>.jsonl`` artefact (None
-    when the run has none, e.g. a sweep from before they were logged)."""
-    # one small file per run and split: MLflow's progress bar per download is noise
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-
-    def load(run_id: str, split: str) -> Utterances | None:
-        name = f"{ARTIFACT_UTTERANCES}/{utterances_file(split)}"
-        dst = Path(cache_dir) / run_id
-        dst.mkdir(parents=True, exist_ok=True)
-        try:
-            return read_utterances(client.download_artifacts(run_id, name, str(dst)))
-        except Exception:  # MlflowException or OSError: no such artefact
-            return None
-
-    return load
 
 
 def with_rows(df: pd.DataFrame) -> pd.DataFrame:

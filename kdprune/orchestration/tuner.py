@@ -36,15 +36,9 @@ from kdprune.orchestration.config import (
     redact,
     sweep_state_dir,
 )
+from kdprune.orchestration.local_ray import connect_ray, local_cpus
 from kdprune.orchestration.worker import Trainer
 from kdprune.utils import from_dict, log, read_json, to_dict, write_json
-
-# Ray settings of an embedded Ray (set values win): start-up messages that tell a user
-# nothing. The raylet warns once 4x `worker_maximum_startup_concurrency` (default: the
-# CPU count) Python workers run; a sweep's trials run zero-CPU helper actors by design
-# (Train controllers and synchronisers, the rung store), so a 2-core machine crossed that
-# with its first two trials. 8 still bounds how many workers start at once.
-RAY_ENV_DEFAULTS = {"RAY_worker_maximum_startup_concurrency": str(max(8, os.cpu_count() or 1))}
 
 
 @dataclass(frozen=True)
@@ -141,54 +135,6 @@ def reference_point(objectives: tuple[str, ...], teacher: dict[str, Any]) -> tup
                 "give SweepConfig.reference_point"
             )
     return tuple(ref)
-
-
-def local_cpus(cfg: SweepConfig, cores: int | None = None) -> int:
-    """Logical CPUs of an embedded Ray: every core for training workers, plus a logical
-    CPU slot for the (mostly idle) Tune function driving each trial that fits, so a
-    2-core machine trains 2 one-worker trials at once instead of 1 beside an idle core."""
-    cores = cores or os.cpu_count() or 1
-    per_trial = cfg.num_workers * cfg.cpus_per_worker
-    slots = max(1, int(cores // per_trial))
-    return int(math.ceil(max(cores, slots * per_trial) + slots * cfg.driver_cpus))
-
-
-def connect_ray(num_cpus: int | None = None) -> bool:
-    """Attach to the cluster when RAY_ADDRESS is set (``ray job submit``), else start an
-    embedded Ray with its dashboard on loopback. Returns True when Ray was started here.
-
-    The embedded Ray's processes are told where its API server is: Ray Train's placement-
-    group cleaner queries the State API without an address, and with two Ray instances on
-    one machine its auto-detection fails, so the placement group of a trial whose driver
-    died would never be released and the trial's restart would wait for it forever."""
-    import ray
-
-    if ray.is_initialized():
-        return False
-    if os.environ.get("RAY_ADDRESS"):
-        ray.init(address="auto", log_to_driver=True)
-        return False
-    for key, value in RAY_ENV_DEFAULTS.items():  # read by the raylet started below
-        os.environ.setdefault(key, value)
-    port = _free_port()
-    os.environ["RAY_API_SERVER_ADDRESS"] = f"http://127.0.0.1:{port}"  # inherited by all
-    ray.init(
-        address="local",  # a new instance even if `ray start` runs on this machine
-        num_cpus=num_cpus,
-        include_dashboard=True,
-        dashboard_host="127.0.0.1",
-        dashboard_port=port,
-        log_to_driver=True,
-    )
-    return True
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def build_tuner(run: SweepRun, teacher_dir: str, resume: bool, trainer: Trainer):
@@ -403,7 +349,7 @@ def sweep_result(run: SweepRun, uri: str, wall_s: float) -> dict[str, Any]:
         "experiment": run.config.name,
         "parent_run_id": run.parent_run_id,
         "run_name": run.run_name,
-        # `mlflow ui --backend-store-uri <tracking_uri>`, then this path: the trials view
+        # `mlflow ui --host 127.0.0.1 --backend-store-uri <tracking_uri>`, then this path: the trials view
         "mlflow_ui_path": ui_runs_path(
             MlflowClient(uri).get_experiment_by_name(name).experiment_id
         ),
