@@ -1,4 +1,4 @@
-"""Dominance filter, hypervolume, knee, per-method fronts, history and budget matching,
+"""Dominance filter, pareto.hypervolume, knee, per-method fronts, history and budget matching,
 checked against brute force on random sets (no MLflow here)."""
 
 from __future__ import annotations
@@ -9,18 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from kdprune.analysis.compare import paper_comparison, value_at_budget
-from kdprune.analysis.pareto import (
-    add_labels,
-    default_reference_point,
-    fronts_by,
-    hypervolume,
-    hypervolume_history,
-    knee_point,
-    method_label,
-    pareto_front,
-    pareto_mask,
-)
+from kdprune.analysis import compare, pareto
 
 
 def brute_force_front(v: np.ndarray) -> np.ndarray:
@@ -69,12 +58,12 @@ def test_pareto_mask_matches_brute_force_with_ties_and_duplicates(k):
             v[rng.integers(0, n)] = np.nan
         if n > 3:
             v[1] = v[0]  # a guaranteed duplicate
-        np.testing.assert_array_equal(pareto_mask(v), brute_force_front(v))
+        np.testing.assert_array_equal(pareto.pareto_mask(v), brute_force_front(v))
 
 
 def test_duplicates_of_a_front_point_all_stay_and_ties_are_dominated():
     v = np.array([[1.0, 2.0], [1.0, 2.0], [1.0, 3.0], [2.0, 1.0], [3.0, 1.0]])
-    assert pareto_mask(v).tolist() == [True, True, False, True, False]
+    assert pareto.pareto_mask(v).tolist() == [True, True, False, True, False]
 
 
 def test_pareto_front_uses_only_eligible_rows_and_sorts():
@@ -86,10 +75,10 @@ def test_pareto_front_uses_only_eligible_rows_and_sorts():
             "eligible": [True, True, True, False, True],
         }
     )
-    front = pareto_front(df, ("wer_dev", "params"))
+    front = pareto.pareto_front(df, ("wer_dev", "params"))
     assert front["run_id"].tolist() == ["b", "a", "c"]  # d not eligible, e has NaN WER
     with pytest.raises(KeyError):
-        pareto_front(df, ("wer_dev", "latency_ms_per_audio_s"))
+        pareto.pareto_front(df, ("wer_dev", "latency_ms_per_audio_s"))
 
 
 @pytest.mark.parametrize("k", [2, 3, 4])
@@ -101,7 +90,9 @@ def test_hypervolume_matches_inclusion_exclusion(k):
         if n > 2:
             pts[1] = pts[0]
         ref = np.full(k, 1.2)
-        assert hypervolume(pts, ref) == pytest.approx(inclusion_exclusion_hv(pts, ref), rel=1e-9)
+        assert pareto.hypervolume(pts, ref) == pytest.approx(
+            inclusion_exclusion_hv(pts, ref), rel=1e-9
+        )
 
 
 @pytest.mark.parametrize("k", [2, 3])
@@ -110,15 +101,15 @@ def test_hypervolume_matches_grid_count_on_integer_points(k):
     ref = np.full(k, 12.0)
     for _ in range(15):
         pts = rng.integers(0, 12, size=(int(rng.integers(1, 25)), k)).astype(float)
-        assert hypervolume(pts, ref) == pytest.approx(grid_hv(pts, ref))
+        assert pareto.hypervolume(pts, ref) == pytest.approx(grid_hv(pts, ref))
 
 
 def test_hypervolume_ignores_points_beyond_reference_and_nan():
     ref = (1.0, 1.0)
-    assert hypervolume(np.empty((0, 2)), ref) == 0.0
-    assert hypervolume([[2.0, 0.1]], ref) == 0.0
+    assert pareto.hypervolume(np.empty((0, 2)), ref) == 0.0
+    assert pareto.hypervolume([[2.0, 0.1]], ref) == 0.0
     pts = np.array([[0.5, 0.5], [1.5, 0.0], [np.nan, 0.1]])
-    assert hypervolume(pts, ref) == pytest.approx(0.25)
+    assert pareto.hypervolume(pts, ref) == pytest.approx(0.25)
 
 
 def test_default_reference_point_dominated_by_all_finished_trials():
@@ -130,7 +121,7 @@ def test_default_reference_point_dominated_by_all_finished_trials():
             "eligible": [True, True, True],
         }
     )
-    wer_ref, params_ref = default_reference_point(df, ("wer_dev", "params"))
+    wer_ref, params_ref = pareto.default_reference_point(df, ("wer_dev", "params"))
     assert wer_ref == pytest.approx(1.4 * 1.1)  # above the natural bound 1.0
     assert params_ref == pytest.approx(5e6)  # the teacher: params / params_ratio
 
@@ -139,18 +130,18 @@ def test_knee_point_on_a_convex_front():
     x = np.array([0.0, 0.1, 0.2, 0.5, 1.0])
     y = np.array([1.0, 0.4, 0.25, 0.1, 0.0])
     front = pd.DataFrame({"wer_dev": y, "params": x, "run_id": list("abcde")})
-    assert knee_point(front, ("wer_dev", "params"))["run_id"] == "c"
-    assert knee_point(front.iloc[[3]], ("wer_dev", "params"))["run_id"] == "d"
+    assert pareto.knee_point(front, ("wer_dev", "params"))["run_id"] == "c"
+    assert pareto.knee_point(front.iloc[[3]], ("wer_dev", "params"))["run_id"] == "d"
     with pytest.raises(ValueError):
-        knee_point(front.iloc[:0])
+        pareto.knee_point(front.iloc[:0])
 
 
 def test_labels_and_per_method_fronts():
-    assert method_label("l0", 0.0) == "l0"
-    assert method_label("lrf", "0.5") == "LRF+KD"
-    assert method_label("small", 1.0) == "small+KD"
-    assert method_label("none", None) == "dense"
-    assert method_label(None, float("nan")) == "trials"  # a frame without params
+    assert pareto.method_label("l0", 0.0) == "l0"
+    assert pareto.method_label("lrf", "0.5") == "LRF+KD"
+    assert pareto.method_label("small", 1.0) == "small+KD"
+    assert pareto.method_label("none", None) == "dense"
+    assert pareto.method_label(None, float("nan")) == "trials"  # a frame without params
     df = pd.DataFrame(
         {
             "run_id": list("abcdef"),
@@ -165,12 +156,12 @@ def test_labels_and_per_method_fronts():
             "eligible": [True] * 6,
         }
     )
-    fronts = fronts_by(df, ("wer_dev", "params"))
+    fronts = pareto.fronts_by(df, ("wer_dev", "params"))
     assert list(fronts) == ["l0", "l0+KD", "LRF", "LRF+KD", "small+KD"]
     assert sorted(fronts["l0+KD"]["run_id"]) == ["b", "e"]
-    by_schedule = fronts_by(df, ("wer_dev", "params"), by=("label", "schedule"))
+    by_schedule = pareto.fronts_by(df, ("wer_dev", "params"), by=("label", "schedule"))
     assert "l0+KD / sequential" in by_schedule and "l0+KD / joint" in by_schedule
-    labelled = add_labels(df)
+    labelled = pareto.add_labels(df)
     assert labelled.loc[0, "settings"] == "s=0.5 kd=0"
     assert labelled.loc[3, "settings"] == "r=0.3 kd=1 seq"
 
@@ -188,12 +179,12 @@ def test_hypervolume_history_is_monotone_and_ends_at_full_hypervolume():
         }
     )
     ref = (1.0, 6e6)
-    hist = hypervolume_history(df, ("wer_dev", "params"), ref)
+    hist = pareto.hypervolume_history(df, ("wer_dev", "params"), ref)
     assert hist["trial_index"].tolist() == list(range(1, n + 1))
     assert (np.diff(hist["hypervolume"]) >= 0).all()
     ok = df[df["eligible"]]
     assert hist["hypervolume"].iloc[-1] == pytest.approx(
-        hypervolume(ok[["wer_dev", "params"]].to_numpy(), ref)
+        pareto.hypervolume(ok[["wer_dev", "params"]].to_numpy(), ref)
     )
 
 
@@ -212,15 +203,15 @@ def _front(points, ids=None) -> pd.DataFrame:
 
 def test_value_at_budget_exact_interpolated_and_out_of_range():
     front = _front([(1e6, 0.4), (2e6, 0.3), (4e6, 0.2)])
-    exact = value_at_budget(front, 2.01e6)
+    exact = compare.value_at_budget(front, 2.01e6)
     assert exact.match == "exact" and exact.wer_dev == pytest.approx(0.3)
-    mid = value_at_budget(front, 3e6)
+    mid = compare.value_at_budget(front, 3e6)
     assert mid.match == "interpolated"
     assert mid.params == 3e6 and mid.wer_dev == pytest.approx(0.25)
     assert mid.wer_test == pytest.approx(0.26) and mid.run_ids == ("r1", "r2")
-    above = value_at_budget(front, 8e6)
+    above = compare.value_at_budget(front, 8e6)
     assert above.match == "largest below budget" and above.wer_dev == pytest.approx(0.2)
-    below = value_at_budget(front, 0.5e6)
+    below = compare.value_at_budget(front, 0.5e6)
     assert below.match.startswith("n/a") and np.isnan(below.wer_dev)
 
 
@@ -248,7 +239,7 @@ def test_paper_comparison_relative_change_at_matched_budget():
             "eligible": [True] * len(rows),
         }
     )
-    comp = paper_comparison(df)
+    comp = compare.paper_comparison(df)
     assert comp.budgets == (2e6,)
     t = comp.table.set_index("row")
     assert set(t["section"]) == {"methods"}
@@ -261,6 +252,6 @@ def test_paper_comparison_relative_change_at_matched_budget():
     assert t.loc["dense", "match"] == "uncompressed reference"
     assert any("interpolated" in n for n in comp.notes)
 
-    no_base = paper_comparison(df[df["method"] != "small"])
+    no_base = compare.paper_comparison(df[df["method"] != "small"])
     assert no_base.table["rel_wer_dev"].isna().all()
     assert any("No small+KD baseline" in n for n in no_base.notes)
