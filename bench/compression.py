@@ -31,6 +31,7 @@ import argparse
 import copy
 import json
 import random
+import re
 import statistics
 import sys
 import time
@@ -58,7 +59,32 @@ from kdprune.pruning import (
 from kdprune.train.losses import asr_loss
 
 SPARSITIES = (0.25, 0.5, 0.75)
-PEAK_BF16 = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L4": 121e12, "A10": 125e12}
+# Dense bf16 tensor-core peaks (FLOP/s, no structured sparsity) from NVIDIA's data sheets,
+# matched against torch.cuda.get_device_name() as whole words, most specific first: the
+# PCIe and NVL boards of a chip run lower clocks (and power) than its SXM board, and "L4"
+# must not match "L40S". The A10G (AWS's variant of the A10) has no published sheet: P7
+# reports no MFU for it rather than borrow the A10's figure.
+PEAK_BF16: tuple[tuple[str, float | None], ...] = (
+    (r"H100.*(PCIe|PCIE)", 756e12),
+    (r"H100.*NVL", 835e12),
+    (r"H100", 989e12),  # SXM5 ("NVIDIA H100 80GB HBM3")
+    (r"H200.*NVL", 835e12),
+    (r"H200", 989e12),  # SXM
+    (r"A100", 312e12),  # SXM4 and PCIe alike
+    (r"L40S", 362e12),
+    (r"L40", 181e12),
+    (r"L4", 121e12),
+    (r"A10G", None),
+    (r"A10", 125e12),
+)
+
+
+def peak_bf16(device_name: str) -> float | None:
+    """Dense bf16 peak of a CUDA device by its name; None when unknown (then no MFU)."""
+    for pattern, peak in PEAK_BF16:
+        if re.search(rf"(?<![A-Za-z0-9]){pattern}(?![A-Za-z0-9])", device_name):
+            return peak
+    return None
 
 
 def emit(measure: str, value, goal: str, unit: str, device: str, details: dict) -> None:
@@ -324,7 +350,7 @@ def bench_mfu(args, dev_name: str) -> None:
     timed = step_fn(model, batch, args.device, None, args.steps)
     timed()  # warm-up
     sec = statistics.median(timed() for _ in range(args.step_rounds))
-    peak = next((v for k, v in PEAK_BF16.items() if k in dev_name), None)
+    peak = peak_bf16(dev_name)
     achieved = flops / sec
     emit(
         "P7",
