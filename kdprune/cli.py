@@ -64,7 +64,9 @@ def cmd_data_librispeech(args) -> dict:
     from kdprune.data.librispeech import import_librispeech
 
     out = args.out or (args.workdir / "data" / "librispeech")
-    return {"manifests": import_librispeech(args.root, out)}
+    subsets = {s: getattr(args, f"{s}_subsets") for s in MANIFEST_SPLITS}
+    subsets = {s: names for s, names in subsets.items() if names}
+    return {"manifests": import_librispeech(args.root, out, subsets)}
 
 
 def cmd_tokenizer(args) -> dict:
@@ -145,6 +147,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(p, manifests=False)
     p.add_argument("--root", type=Path, required=True)
     p.add_argument("--out", type=Path, default=None)
+    # The defaults live in kdprune.data.librispeech.DEFAULT_SUBSETS (not imported here).
+    for split, default in [("train", "every train-* subset present"), ("dev", "dev-clean"),
+                           ("test", "test-clean")]:  # fmt: skip
+        p.add_argument(f"--{split}-subsets", nargs="+", metavar="SUBSET",
+                       help=f"LibriSpeech subsets of the {split} split (default: {default})")  # fmt: skip
     p.set_defaults(func=cmd_data_librispeech)
 
     p = sub.add_parser("tokenizer", help="train the sentencepiece tokenizer")

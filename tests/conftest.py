@@ -48,6 +48,14 @@ def tiny_teacher(tiny_workdir, tiny_manifests) -> dict:
     return finetune("tiny", tiny_workdir, init="ssl")
 
 
+@pytest.fixture(scope="session")
+def librispeech_corpus(tmp_path_factory):
+    """A small LibriSpeech-layout tree spoken by TTS voices (tests/librispeech_corpus.py)."""
+    from librispeech_corpus import build_librispeech
+
+    return build_librispeech(tmp_path_factory.mktemp("librispeech"))
+
+
 # -- tiny models ---------------------------------------------------------------------------
 # The unit tests' conformer (`ConformerConfig.uniform` arguments): 2 layers of width 32,
 # 4 heads, FFN 48, 4x subsampling through 8 channels, kernel 7, no dropout, relative

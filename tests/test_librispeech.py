@@ -65,8 +65,14 @@ def test_import_librispeech(tmp_path):
 def test_only_present_subsets_and_errors(tmp_path):
     _build(tmp_path)
     root = tmp_path / "LibriSpeech"
-    got = import_librispeech(root, tmp_path / "m", {"dev": ["dev-clean"], "test": ["test-other"]})
-    assert set(got) == {"dev"}
+    # Splits not named get the default subsets, absent ones skipped (only train-clean-100
+    # of the three train subsets is here); a subset named must exist.
+    got = import_librispeech(root, tmp_path / "m", {"test": ["dev-clean"]})
+    assert set(got) == {"train", "dev", "test"}
+    assert got["test"].read_text() == got["dev"].read_text()
+    with pytest.raises(FileNotFoundError, match=r"\['test-other'\] not found under"):
+        import_librispeech(root, tmp_path / "m1", {"dev": ["dev-clean"], "test": ["test-other"]})
+    assert not (tmp_path / "m1").exists()  # nothing half-written
     with pytest.raises(FileNotFoundError, match="no LibriSpeech subsets"):
         import_librispeech(tmp_path / "empty", tmp_path / "m2")
     # A transcript line whose audio is missing names the transcript file and line.

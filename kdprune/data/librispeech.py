@@ -27,15 +27,28 @@ def import_librispeech(
     """Write ``out_dir/<split>.jsonl`` (absolute audio paths, durations from the audio
     headers) for each split whose subsets exist under `root` -> {split: manifest path}.
 
-    `subsets` maps split -> LibriSpeech subsets (default `DEFAULT_SUBSETS`); absent subsets
-    are skipped. Raises FileNotFoundError when none is present, ValueError naming the file
-    and line for a malformed transcript or a missing/unreadable audio file.
+    `subsets` maps split -> LibriSpeech subsets, in the order their utterances are listed;
+    splits it leaves out get `DEFAULT_SUBSETS`, whose absent subsets are skipped (a full
+    LibriSpeech has all three train subsets, a 100 h download only train-clean-100). A
+    subset named in `subsets` must exist. Raises FileNotFoundError when a named subset or
+    every default one is missing, ValueError naming the file and line for a malformed
+    transcript or a missing/unreadable audio file.
     """
     root = Path(root).expanduser().resolve()
-    subsets = DEFAULT_SUBSETS if subsets is None else subsets
+    named = {k: list(v) for k, v in (subsets or {}).items()}
+    unknown = sorted(set(named) - set(DEFAULT_SUBSETS))
+    if unknown:
+        raise ValueError(f"unknown split(s) {unknown}; valid: {list(DEFAULT_SUBSETS)}")
+    subsets = {split: named.get(split, names) for split, names in DEFAULT_SUBSETS.items()}
     wanted = [s for names in subsets.values() for s in names]
     if not any((root / s).is_dir() for s in wanted) and (root / "LibriSpeech").is_dir():
         root = root / "LibriSpeech"
+    absent = [s for names in named.values() for s in names if not (root / s).is_dir()]
+    if absent:
+        have = sorted(p.name for p in root.glob("*/") if p.is_dir()) if root.is_dir() else []
+        raise FileNotFoundError(
+            f"LibriSpeech subset(s) {absent} not found under {root} (it holds {have})"
+        )
     out: dict[str, Path] = {}
     for split, names in subsets.items():
         present = [n for n in names if (root / n).is_dir()]
@@ -46,7 +59,7 @@ def import_librispeech(
             raise ValueError(f"{root}: subsets {present} hold no transcripts (*.trans.txt)")
         out[split] = write_manifest(Path(out_dir) / f"{split}.jsonl", utts, absolute=True)
         hours = sum(u.duration for u in utts) / 3600
-        log(f"librispeech {split}: {present} -> {len(utts)} utterances, {hours:.1f} h")
+        log(f"librispeech {split}: {present} -> {len(utts)} utterances, {hours:.2f} h")
     if not out:
         raise FileNotFoundError(
             f"no LibriSpeech subsets under {root}: looked for {wanted} "
