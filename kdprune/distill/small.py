@@ -66,7 +66,8 @@ def teacher_layer_picks(n_teacher: int, n_student: int) -> list[int]:
 def init_small_from_teacher(student: ConformerEncoder, teacher: ConformerEncoder) -> list[int]:
     """Initialise a `small_student_config` encoder from the teacher's (same d_model):
     front end copied, layer i from teacher layer picks[i], truncated. Returns the picks."""
-    student.subsampling.load_state_dict(teacher.subsampling.state_dict())
+    for name, m in teacher.shared_modules().items():
+        getattr(student, name).load_state_dict(m.state_dict())
     picks = teacher_layer_picks(len(teacher.layers), len(student.layers))
     for s_layer, j in zip(student.layers, picks, strict=True):
         copy_truncated_layer(teacher.layers[j], s_layer)

@@ -7,6 +7,7 @@ module. Shapes are (B, T, D) in and out; `valid` masks are (B, T) bool.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 
 import torch
@@ -23,6 +24,7 @@ from kdprune.models.layers import (
     linear_params,
     make_linear,
 )
+from kdprune.models.position import relative_scores, rotary
 
 
 def masked_batch_norm(bn: nn.BatchNorm1d, h: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
@@ -97,14 +99,18 @@ class FeedForward(Prunable):
 
 
 class SelfAttention(Prunable):
-    """Multi-head self-attention with separate q/k/v projections; heads are gated."""
+    """Multi-head self-attention with separate q/k/v projections; heads are gated.
+
+    Position (`cfg.position`): a learned per-head bias per clipped distance, Transformer-XL
+    relative positions (per-head rows of `linear_pos`, `pos_bias_u`, `pos_bias_v`) or a
+    rotary embedding of the input (no parameters; `kdprune.models.position`)."""
 
     unit_kind = "heads"
 
     def __init__(self, cfg: ConformerConfig, dims: LayerDims) -> None:
         super().__init__()
         d, h, dh = cfg.d_model, dims.num_heads, dims.head_dim
-        self.num_heads, self.head_dim = h, dh
+        self.cfg, self.num_heads, self.head_dim = cfg, h, dh
         self.norm = nn.LayerNorm(d)
         self.q = make_linear(d, h * dh, dims.rank("attn.q"), bias=True)
         self.k = make_linear(d, h * dh, dims.rank("attn.k"), bias=True)
@@ -112,9 +118,12 @@ class SelfAttention(Prunable):
         self.out = make_linear(h * dh, d, dims.rank("attn.out"), bias=True)
         self.max_rel_pos = cfg.max_rel_pos
         # One learned bias per head and clipped relative distance (key - query).
-        self.rel_bias = (
-            nn.Parameter(torch.zeros(h, 2 * cfg.max_rel_pos + 1)) if cfg.pos_bias else None
-        )
+        learned = cfg.position == "learned_bias" and cfg.pos_bias
+        self.rel_bias = nn.Parameter(torch.zeros(h, 2 * cfg.max_rel_pos + 1)) if learned else None
+        if cfg.position == "relative":
+            self.linear_pos = nn.Linear(d, h * dh, bias=False)
+            self.pos_bias_u = nn.Parameter(torch.zeros(h, dh))
+            self.pos_bias_v = nn.Parameter(torch.zeros(h, dh))
         self.dropout = cfg.dropout
         self.out_dropout = nn.Dropout(cfg.dropout)
 
@@ -137,14 +146,23 @@ class SelfAttention(Prunable):
         allowed: (B or 1, Tq, Tk) bool. Returns (B, Tq, D) before residual."""
         b, tq, _ = x.shape
         tk = kv.shape[1]
-        h, dh = self.num_heads, self.head_dim
-        q = self.q(x).view(b, tq, h, dh).transpose(1, 2)
-        k = self.k(kv).view(b, tk, h, dh).transpose(1, 2)
+        h, dh, cfg = self.num_heads, self.head_dim, self.cfg
+        xq, xk = x, kv
+        if cfg.position == "rotary":  # rotates q/k inputs; values stay unrotated
+            xq = rotary(x, q_pos, cfg.rotary_dim, cfg.rotary_base)
+            xk = rotary(kv, k_pos, cfg.rotary_dim, cfg.rotary_base)
+        q = self.q(xq).view(b, tq, h, dh).transpose(1, 2)
+        k = self.k(xk).view(b, tk, h, dh).transpose(1, 2)
         v = self.v(kv).view(b, tk, h, dh).transpose(1, 2)
         bias = torch.zeros((), dtype=q.dtype, device=q.device)
         pb = self.position_bias(q_pos, k_pos)
         if pb is not None:
             bias = pb.to(q.dtype)[None]
+        if cfg.position == "relative":
+            q_v = q + self.pos_bias_v[None, :, None, :]
+            pos = relative_scores(q_v, self.linear_pos, q_pos, k_pos, cfg.d_model)
+            bias = pos / math.sqrt(dh)
+            q = q + self.pos_bias_u[None, :, None, :]
         mask = bias + torch.zeros_like(allowed[:, None], dtype=q.dtype).masked_fill(
             ~allowed[:, None], float("-inf")
         )
@@ -173,17 +191,13 @@ class SelfAttention(Prunable):
         w = units * self.head_dim
         qkv = sum(linear_params(getattr(self, n), d, w, r.get(n)) for n in "qkv")
         rel = units * self.rel_bias.shape[1] if self.rel_bias is not None else 0
+        if self.cfg.position == "relative":  # linear_pos rows, pos_bias_u and _v of a head
+            rel = rel + units * self.head_dim * (d + 2)
         return self.norm_params() + qkv + linear_params(self.out, w, d, r.get("out")) + rel
 
     @torch.no_grad()
     def materialise(self, keep: Keep, ranks: Mapping[str, Keep] | None = None) -> Materialised:
-        r, (idx, scale, g), dh = ranks or {}, keep, self.head_dim
-        cfg = ConformerConfig(
-            d_model=self.norm.normalized_shape[0],
-            dropout=self.dropout,
-            pos_bias=self.rel_bias is not None,
-            max_rel_pos=self.max_rel_pos,
-        )
+        r, (idx, scale, g), dh, cfg = ranks or {}, keep, self.head_dim, self.cfg
 
         def build(nr: dict[str, int | None]) -> SelfAttention:
             named = tuple((f"attn.{n}", v) for n, v in nr.items() if v is not None)
@@ -203,6 +217,10 @@ class SelfAttention(Prunable):
         )
         if self.rel_bias is not None:
             new.rel_bias.copy_(self.rel_bias[idx])
+        if cfg.position == "relative":
+            new.linear_pos.weight.copy_(self.linear_pos.weight[rows])
+            new.pos_bias_u.copy_(self.pos_bias_u[idx])
+            new.pos_bias_v.copy_(self.pos_bias_v[idx])
         return Materialised(new, new.num_units, new.ranks())
 
 
@@ -213,13 +231,13 @@ class ConvModule(Prunable):
 
     def __init__(self, cfg: ConformerConfig, dims: LayerDims) -> None:
         super().__init__()
-        d, c, k = cfg.d_model, dims.conv_channels, cfg.kernel_size
-        self.channels, self.kernel_size, self.causal = c, k, cfg.streaming
+        d, c, k, bias = cfg.d_model, dims.conv_channels, cfg.kernel_size, cfg.conv_bias
+        self.cfg, self.channels, self.kernel_size, self.causal = cfg, c, k, cfg.streaming
         self.norm = nn.LayerNorm(d)
-        self.pw1 = make_linear(d, 2 * c, dims.rank("conv.pw1"), bias=True)
-        self.depthwise = nn.Conv1d(c, c, k, groups=c, bias=True)
+        self.pw1 = make_linear(d, 2 * c, dims.rank("conv.pw1"), bias=bias)
+        self.depthwise = nn.Conv1d(c, c, k, groups=c, bias=bias)
         self.bn = nn.BatchNorm1d(c)
-        self.pw2 = make_linear(c, d, dims.rank("conv.pw2"), bias=True)
+        self.pw2 = make_linear(c, d, dims.rank("conv.pw2"), bias=bias)
         self.dropout = nn.Dropout(cfg.dropout)
 
     @property
@@ -264,13 +282,7 @@ class ConvModule(Prunable):
 
     @torch.no_grad()
     def materialise(self, keep: Keep, ranks: Mapping[str, Keep] | None = None) -> Materialised:
-        r, (idx, scale, g) = ranks or {}, keep
-        cfg = ConformerConfig(
-            d_model=self.norm.normalized_shape[0],
-            kernel_size=self.kernel_size,
-            streaming=self.causal,
-            dropout=self.dropout.p,
-        )
+        r, (idx, scale, g), cfg = ranks or {}, keep, self.cfg
 
         def build(nr: dict[str, int | None]) -> ConvModule:
             named = tuple((f"conv.{n}", v) for n, v in nr.items() if v is not None)

@@ -23,6 +23,7 @@ from torch import nn
 
 from kdprune.models.blocks import ConvModule, FeedForward, SelfAttention, masked_batch_norm
 from kdprune.models.conformer_config import LINEAR_NAMES, ConformerConfig, LayerDims
+from kdprune.models.frontend import WaveFrontEnd
 from kdprune.models.streaming import chunk_attention_mask
 
 # Re-exported: the config and the blocks are part of this module's public interface.
@@ -37,6 +38,7 @@ __all__ = [
     "LayerDims",
     "SelfAttention",
     "Subsampling",
+    "WaveFrontEnd",
     "lengths_to_mask",
     "masked_batch_norm",
 ]
@@ -71,6 +73,11 @@ class Subsampling(nn.Module):
         self.convs = nn.Sequential(*convs)
         self.proj = nn.Linear(c * freq, cfg.d_model)
         self.num_convs = n
+
+    @property
+    def stride(self) -> int:
+        """Input frames per output frame."""
+        return 2**self.num_convs
 
     def output_lengths(self, lengths: torch.Tensor) -> torch.Tensor:
         for _ in range(self.num_convs):
@@ -131,9 +138,13 @@ class ConformerEncoder(nn.Module):
     def __init__(self, cfg: ConformerConfig) -> None:
         super().__init__()
         self.cfg = cfg
-        self.subsampling = Subsampling(cfg)
+        # The front end (`cfg.frontend`): Conv2d subsampling of log-mel, or the waveform
+        # feature encoder; both map (B, T, F) frames to (B, T', D) with `output_lengths`.
+        front = WaveFrontEnd if cfg.frontend == "waveform" else Subsampling
+        self.subsampling: Subsampling | WaveFrontEnd = front(cfg)
         self.dropout = nn.Dropout(cfg.dropout)
         self.layers = nn.ModuleList(ConformerLayer(cfg, d) for d in cfg.layers)
+        self.out_norm = nn.LayerNorm(cfg.d_model) if cfg.final_norm else None
         # (chunk_size, left_chunks) that every forward uses, overriding the config's rule
         # (e.g. to evaluate a dynamic-chunk model chunked); None: the config decides.
         self.force_chunking: tuple[int, int] | None = None
@@ -193,7 +204,15 @@ class ConformerEncoder(nn.Module):
             x = layer(x, valid, allowed)
             if return_hidden:
                 hidden.append(x)
+        if self.out_norm is not None:
+            x = self.out_norm(x)
         return EncoderOutput(x, lengths, tuple(hidden))
+
+    def shared_modules(self) -> dict[str, nn.Module]:
+        """The parts outside the blocks, which pruning never cuts (front end, final norm),
+        by attribute name: a pruned or smaller copy takes them over unchanged."""
+        mods = {"subsampling": self.subsampling, "out_norm": self.out_norm}
+        return {n: m for n, m in mods.items() if m is not None}
 
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())

@@ -18,6 +18,9 @@ LINEAR_NAMES = (
     "conv.pw2",
 )
 
+FRONTENDS = ("conv2d", "waveform")
+POSITIONS = ("learned_bias", "relative", "rotary")
+
 
 @dataclass(frozen=True, kw_only=True)
 class LayerDims:
@@ -39,15 +42,32 @@ class LayerDims:
 class ConformerConfig:
     """Architecture of the encoder. Derived values are properties, never stored."""
 
-    input_dim: int = 80  # feature dimension (log-mel bins)
+    input_dim: int = 80  # feature dimension (log-mel bins; waveform: samples per frame)
     d_model: int = 144  # residual stream width
-    subsampling: int = 4  # time subsampling of the conv front end: 4 or 8
+    # Front end: "conv2d" (log-mel frames, Conv2d subsampling) or "waveform" (frames of raw
+    # samples, a 1-d conv feature encoder + LayerNorm + projection, as wav2vec 2.0).
+    frontend: str = "conv2d"
+    subsampling: int = 4  # input frames per encoder frame: 4 or 8 (conv2d); waveform: the
+    # product of `wave_convs` strides ÷ `input_dim`
     subsampling_channels: int = 64  # channels of the Conv2d front end
+    # Waveform front end: (channels, kernel, stride) of each conv layer (each followed by
+    # a LayerNorm over channels and GELU), and whether those convs have biases.
+    wave_convs: tuple[tuple[int, int, int], ...] = ()
+    wave_conv_bias: bool = True
     layers: tuple[LayerDims, ...] = field(default_factory=lambda: (LayerDims(),) * 4)
     kernel_size: int = 15  # depthwise conv kernel (odd)
     dropout: float = 0.1
-    pos_bias: bool = True  # per-head learned relative-position bias (False = torchaudio layout)
+    # Position information in attention: "learned_bias" (a learned per-head bias per
+    # clipped relative distance, when `pos_bias`), "relative" (Transformer-XL sinusoidal
+    # relative positions with pos_bias_u/v and linear_pos, as Wav2Vec2-Conformer) or
+    # "rotary" (rotary embedding of the attention input, as Wav2Vec2-Conformer).
+    position: str = "learned_bias"
+    pos_bias: bool = True  # learned_bias only: False = no position bias (torchaudio layout)
     max_rel_pos: int = 64  # relative distances are clipped to +-max_rel_pos frames
+    rotary_dim: int = 0  # rotary: width of each rotated slice of the attention input
+    rotary_base: int = 10000  # rotary: base of the rotation frequencies
+    conv_bias: bool = True  # biases of the conv module's pointwise and depthwise convs
+    final_norm: bool = False  # a LayerNorm after the last block (Wav2Vec2-Conformer)
     streaming: bool = False  # causal conv + chunked attention (train and eval)
     chunk_size: int = 8  # frames (after subsampling) per chunk when streaming
     left_chunks: int = 4  # chunks of left context visible to attention when streaming
@@ -57,6 +77,17 @@ class ConformerConfig:
     # asks for chunks, and `StreamingEncoder` decodes with (chunk_size, left_chunks). One
     # model then serves both full-context and streaming decoding.
     dynamic_chunks: bool = False
+
+    def __post_init__(self) -> None:
+        if self.frontend not in FRONTENDS:
+            raise ValueError(f"frontend must be one of {FRONTENDS}, got {self.frontend!r}")
+        if self.position not in POSITIONS:
+            raise ValueError(f"position must be one of {POSITIONS}, got {self.position!r}")
+        rd = self.rotary_dim
+        if self.position == "rotary" and (rd < 2 or rd % 2 or self.d_model % rd):
+            raise ValueError(
+                f"rotary_dim must be even and divide d_model={self.d_model}, got {self.rotary_dim}"
+            )
 
     @property
     def num_layers(self) -> int:

@@ -36,7 +36,7 @@ class StreamingEncoder:
             raise ValueError("StreamingEncoder needs an encoder built with streaming=True")
         self.enc, self.cfg = encoder, cfg
         self.sub = encoder.subsampling
-        self.stride = 2**self.sub.num_convs
+        self.stride = self.sub.stride
         self.rf = self.sub.receptive_field
         self.reset()
 
@@ -101,6 +101,8 @@ class StreamingEncoder:
             if layer.ffn2 is not None:
                 x = x + 0.5 * layer.ffn2(x)
             x = layer.final_norm(x)
+        if self.enc.out_norm is not None:
+            x = self.enc.out_norm(x)
         self.pos += t
         return x
 

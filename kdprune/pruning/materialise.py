@@ -114,7 +114,8 @@ def materialise_encoder(
     with torch.device(p.device):
         new = ConformerEncoder(cfg)  # built from the config alone, so the config rebuilds it
     new.to(p.dtype)
-    new.subsampling.load_state_dict(encoder.subsampling.state_dict())
+    for name, m in encoder.shared_modules().items():
+        getattr(new, name).load_state_dict(m.state_dict())
     for old_l, new_l, mods in zip(encoder.layers, new.layers, new_mods, strict=True):
         new_l.final_norm.load_state_dict(old_l.final_norm.state_dict())
         for name, m in mods.items():
