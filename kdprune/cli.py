@@ -121,6 +121,12 @@ def cmd_compress(args) -> dict:
     return compress(cfg, args.workdir, out_dir=args.out, teacher_dir=args.teacher)
 
 
+def cmd_import(args) -> dict:
+    from kdprune.models.hf_import import import_checkpoint
+
+    return import_checkpoint(args.checkpoint, args.out)
+
+
 def cmd_export(args) -> dict:
     from kdprune.export import export_model
 
@@ -223,6 +229,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=("torchscript", "onnx"), default="torchscript")
     p.add_argument("--out", type=Path, required=True)
     p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("import", help="import a public SSL checkpoint as a model directory")
+    p.add_argument("--from", dest="source", required=True, choices=("hf-wav2vec2-conformer",),
+                   help="checkpoint kind: a local Hugging Face Wav2Vec2-Conformer folder")  # fmt: skip
+    p.add_argument("--checkpoint", type=Path, required=True, help="save_pretrained folder")
+    p.add_argument("--out", type=Path, required=True, help="write the model directory here")
+    p.set_defaults(func=cmd_import)
 
     p = sub.add_parser("evaluate", help="WER, params and latency of a model directory")
     p.add_argument("--model", type=Path, required=True)

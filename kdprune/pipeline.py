@@ -184,8 +184,12 @@ def finetune(
             }
         log("no shipped demo teacher found: training it")
     manifests = resolve_manifests(preset_name, workdir, manifests)
-    start = load_model_dir(init_dir) if init_dir else None
-    tok = start.tokenizer if start else build_tokenizer(preset, manifests, workdir)
+    start = load_model_dir(init_dir, encoder_only=True) if init_dir else None
+    imported = start is not None and start.tokenizer is None  # `kdprune import`: no head yet
+    if imported:  # its encoder and front end, the preset's head; SpecAugment is for log-mel
+        preset = replace(preset, features=start.config.features, encoder=start.config.encoder)
+        cfg = replace(cfg, spec_augment=cfg.spec_augment and preset.features.kind == "log_mel")
+    tok = start.tokenizer if start and not imported else build_tokenizer(preset, manifests, workdir)
     key = stage_dir(
         workdir,
         "finetune",
@@ -208,7 +212,10 @@ def finetune(
     mean, std = _train_stats(train)
     model.normaliser.mean.copy_(mean)
     model.normaliser.std.copy_(std)
-    if start is not None:  # same shapes; the encoder's flags (causal, chunks) may differ
+    if imported:
+        model.encoder.load_state_dict(start.model.encoder.state_dict(), strict=True)
+        log(f"encoder imported from {init_dir}; a fresh RNN-T head")
+    elif start is not None:  # same shapes; the encoder's flags (causal, chunks) may differ
         model.load_state_dict(start.model.state_dict(), strict=True)
         log(f"continuing from {init_dir}")
     elif init == "ssl":

@@ -1,5 +1,8 @@
 """Model directories: config.json + model.safetensors + tokenizer.model, self-contained.
 
+An imported SSL encoder (`kdprune import`) is a model directory without a tokenizer
+(`"tokenizer": null`, vocabulary 0): only `finetune --init` opens it (`encoder_only=True`).
+
 Loading uses safetensors (no pickle) and `strict=True`; a directory written by another
 format version, or with missing files, is refused with a message naming what is wrong.
 """
@@ -31,13 +34,16 @@ class ModelDirError(ValueError):
 @dataclass
 class LoadedModel:
     model: Transducer
-    tokenizer: Tokenizer
+    tokenizer: Tokenizer | None  # None: an imported encoder awaiting `finetune --init`
     config: ModelConfig
     extra: dict[str, Any]  # everything else config.json records (provenance, metrics)
 
 
 def save_model_dir(
-    out_dir: Path, model: Transducer, tokenizer: Tokenizer, extra: dict[str, Any] | None = None
+    out_dir: Path,
+    model: Transducer,
+    tokenizer: Tokenizer | None,
+    extra: dict[str, Any] | None = None,
 ) -> Path:
     """Write a model directory; files are written to a temp dir and moved in place."""
     out_dir = Path(out_dir).resolve()
@@ -47,14 +53,15 @@ def save_model_dir(
     try:
         state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
         save_file(state, str(tmp / WEIGHTS))
-        shutil.copyfile(tokenizer.model_file, tmp / TOKENIZER)
+        if tokenizer is not None:
+            shutil.copyfile(tokenizer.model_file, tmp / TOKENIZER)
         write_json(
             tmp / CONFIG,
             {
                 "format_version": MODEL_FORMAT_VERSION,
                 "kdprune_version": __version__,
                 "model": to_dict(model.cfg),
-                "tokenizer": TOKENIZER,
+                "tokenizer": TOKENIZER if tokenizer is not None else None,
                 "extra": extra or {},
             },
         )
@@ -67,14 +74,25 @@ def save_model_dir(
     return out_dir
 
 
-def load_model_dir(model_dir: Path, device: str | torch.device = "cpu") -> LoadedModel:
+def load_model_dir(
+    model_dir: Path, device: str | torch.device = "cpu", encoder_only: bool = False
+) -> LoadedModel:
+    """Load a model directory; `encoder_only` also accepts an imported encoder without a
+    tokenizer (its `tokenizer` is then None)."""
     model_dir = Path(model_dir)
     if not model_dir.is_dir():
         raise ModelDirError(f"model directory not found: {model_dir}")
-    for name in (CONFIG, WEIGHTS, TOKENIZER):
+    for name in (CONFIG, WEIGHTS):
         if not (model_dir / name).exists():
             raise ModelDirError(f"{model_dir}: missing {name} (not a kdprune model directory?)")
     meta = read_json(model_dir / CONFIG)
+    if meta.get("tokenizer", TOKENIZER) is None and not encoder_only:
+        raise ModelDirError(
+            f"{model_dir} is an imported encoder without tokenizer or RNN-T head: "
+            f"add them with `kdprune finetune --init {model_dir}` first"
+        )
+    if meta.get("tokenizer", TOKENIZER) is not None and not (model_dir / TOKENIZER).exists():
+        raise ModelDirError(f"{model_dir}: missing {TOKENIZER} (not a kdprune model directory?)")
     version = meta.get("format_version")
     if version != MODEL_FORMAT_VERSION:
         raise ModelDirError(
@@ -85,8 +103,8 @@ def load_model_dir(model_dir: Path, device: str | torch.device = "cpu") -> Loade
         cfg = from_dict(ModelConfig, meta["model"])
     except (KeyError, TypeError, ValueError) as e:
         raise ModelDirError(f"{model_dir}/{CONFIG}: invalid model config: {e}") from e
-    tokenizer = Tokenizer(model_dir / TOKENIZER)
-    if tokenizer.vocab_size != cfg.vocab_size:
+    tokenizer = Tokenizer(model_dir / TOKENIZER) if meta.get("tokenizer") is not None else None
+    if tokenizer is not None and tokenizer.vocab_size != cfg.vocab_size:
         raise ModelDirError(
             f"{model_dir}: tokenizer has {tokenizer.vocab_size} pieces but the model expects "
             f"{cfg.vocab_size}: the tokenizer does not match the model"
