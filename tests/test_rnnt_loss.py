@@ -16,7 +16,7 @@ from conftest import tiny_model_config
 
 from kdprune.data.batching import Batch
 from kdprune.models.transducer import Transducer
-from kdprune.train.losses import asr_loss
+from kdprune.train.losses import asr_loss, joint_bytes, sub_batches
 
 VOCAB = 7  # blank is id 7, the last class
 
@@ -96,3 +96,39 @@ def test_asr_loss_is_the_mean_forward_algorithm_nll(ctc_weight):
     else:
         assert float(out.ctc) == 0.0
     assert torch.allclose(out.loss, out.rnnt + ctc_weight * out.ctc)
+
+
+def test_sub_batched_joint_equals_the_whole_batch_loss_and_gradients():
+    """A joint budget that splits the batch into one group per utterance or two gives the
+    whole batch's loss and every parameter's gradient (rel. error <= 1e-5), and the
+    groups are what the budget allows."""
+    torch.manual_seed(0)
+    model = Transducer(tiny_model_config(VOCAB, dropout=0.0)).train()
+    lens = [90, 61, 37, 45, 80, 20]
+    targets = [[1, 4, 0, 6, 2], [3, 3, 5], [6, 0], [2], [5, 5, 1, 1], [4]]
+    batch = padded_batch(lens, targets)
+    feats = batch.feats.float()
+
+    def loss_and_grads(budget_mb):
+        model.zero_grad()
+        out = asr_loss(model, batch, feats, 0.3, joint_budget_mb=budget_mb)
+        out.loss.backward()
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+        return out.rnnt.detach(), grads, out.enc.lengths
+
+    full, g_full, enc_lens = loss_and_grads(1e6)
+    cell = joint_bytes(1, 1, 1, model)
+    # Room for the longest utterance alone, then for about two utterances at a time.
+    longest = int(enc_lens.max()) * (max(map(len, targets)) + 1) * cell / 2**20
+    for budget in (longest, 2.2 * longest):
+        groups = sub_batches(enc_lens, batch.target_lens, model, budget)
+        assert 2 <= len(groups) <= 6 and sorted(torch.cat(groups).tolist()) == list(range(6))
+        for g in groups:  # each group fits, unless it is one utterance
+            t, u = int(enc_lens[g].max()), int(batch.target_lens[g].max()) + 1
+            assert len(g) == 1 or joint_bytes(len(g), t, u, model) <= budget * 2**20
+        part, g_part, _ = loss_and_grads(budget)
+        assert abs(float(part) - float(full)) <= 1e-5 * float(full)
+        assert g_part.keys() == g_full.keys()
+        for name, g in g_full.items():
+            err = (g_part[name] - g).norm() / g.norm().clamp(min=1e-12)
+            assert err <= 1e-5, (name, float(err))
