@@ -83,9 +83,27 @@ def config_hash(*parts: Any, length: int = 10) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:length]
 
 
+class EphemeralWorkdirError(ValueError):
+    """The default work directory would live in a directory Ray deletes."""
+
+
 def default_workdir() -> Path:
-    """Work directory for caches and outputs: $KDPRUNE_WORKDIR or ./work (absolute)."""
-    return Path(os.environ.get("KDPRUNE_WORKDIR", "work")).resolve()
+    """Work directory for caches and outputs: $KDPRUNE_WORKDIR or ./work (absolute).
+
+    A job sent with `ray job submit --working-dir` runs in Ray's temporary package copy
+    (``<ray temp>/session_*/runtime_resources/working_dir_files/...``), deleted with the
+    Ray session: a ./work there would take the corpus, every trial's model and the MLflow
+    store with it, so without $KDPRUNE_WORKDIR that case is refused with what to set."""
+    env = os.environ.get("KDPRUNE_WORKDIR")
+    path = Path(env or "work").resolve()
+    if not env and "runtime_resources" in path.parts:
+        raise EphemeralWorkdirError(
+            f"this job runs in Ray's temporary package directory ({Path.cwd()}), deleted "
+            "with the Ray session: set KDPRUNE_WORKDIR to a durable absolute path, e.g. "
+            "`KDPRUNE_WORKDIR=$PWD/work ray start --head` (jobs inherit it), or "
+            """`ray job submit --runtime-env-json '{"env_vars": {"KDPRUNE_WORKDIR": "/abs/work"}}'`"""
+        )
+    return path
 
 
 def log(msg: str) -> None:

@@ -134,12 +134,13 @@ def test_driver_killed_then_resume_finishes_the_sweep(tmp_path):
 
 
 @pytest.fixture()
-def ray_head():
-    """A head on loopback with its own temp dir, ports and auth token; its processes are
-    stopped by pid at the end (never a machine-wide `ray stop`)."""
+def ray_head(tmp_path):
+    """A head on loopback with its own temp dir, ports and auth token, started as README's
+    run book says: with KDPRUNE_WORKDIR exported, which every job inherits. Its processes
+    are stopped by pid at the end (never a machine-wide `ray stop`)."""
     temp = Path(tempfile.mkdtemp(prefix="kdr", dir="/tmp"))
     dash = free_port()
-    env = ray_env(dash)
+    env = ray_env(dash, KDPRUNE_WORKDIR=str(tmp_path / "work"))
     cmd = [
         str(Path(PY).parent / "ray"),
         "start",
@@ -156,7 +157,7 @@ def ray_head():
     ]
     subprocess.run(cmd, env=env, check=True, capture_output=True, timeout=180)
     try:
-        yield f"http://127.0.0.1:{dash}", env
+        yield f"http://127.0.0.1:{dash}", env, temp
     finally:
         stop_trees(
             [
@@ -169,9 +170,12 @@ def ray_head():
 
 
 def test_ray_job_submit_smoke_test(tmp_path, ray_head):
-    address, env = ray_head
+    """Submitted without forwarding KDPRUNE_WORKDIR or MLFLOW_TRACKING_URI: the runs land
+    in the store of the head's work directory, and nothing the sweep makes (a model
+    directory, an MLflow store) is left under Ray's session directory."""
+    address, env, ray_temp = ray_head
     workdir = tmp_path / "work"
-    runtime_env = {"env_vars": {"KDPRUNE_WORKDIR": str(workdir), "OMP_NUM_THREADS": "1"}}
+    runtime_env = {"env_vars": {"OMP_NUM_THREADS": "1"}}
     t0 = time.time()
     job = subprocess.run(
         [
@@ -212,4 +216,6 @@ def test_ray_job_submit_smoke_test(tmp_path, ray_head):
     for run in [*children, client.get_run(result["parent_run_id"])]:
         blob = json.dumps([run.data.params, run.data.tags])
         assert token not in blob  # no secret leaves into MLflow
+    left = [p for p in ray_temp.rglob("*") if p.name in ("mlflow.db", "model", "work")]
+    assert left == [], left
     assert wall < 600, f"smoke test took {wall:.0f}s"
