@@ -16,7 +16,8 @@ from pathlib import Path
 from kdprune.utils import default_workdir
 
 # -- presets and methods -------------------------------------------------------------------
-PRESETS = ("tiny", "demo", "paper")  # tests | the README main job on 2 cores | LibriSpeech scale
+PRESETS = ("tiny", "demo", "paper", "paper-ssl-large")  # tests | the README main job on 2 cores
+# | LibriSpeech scale | LibriSpeech scale from an imported 600M-class SSL conformer
 METHODS = ("l0", "lrf", "small", "none")  # HardConcrete gates | low-rank | smaller student | dense
 SCHEDULES = ("joint", "sequential")  # prune while training RNN-T + KD | prune + KD, then RNN-T
 # The one knob each method searches; a method absent here (none) searches neither. The

@@ -17,6 +17,7 @@ from kdprune.contract import PRESETS
 from kdprune.data.features import FeatureConfig
 from kdprune.data.synth_config import SynthConfig
 from kdprune.models.conformer import ConformerConfig
+from kdprune.models.hf_import import FRAME, encoder_config
 from kdprune.models.ssl import BestRqConfig
 from kdprune.models.transducer import ModelConfig
 from kdprune.train.loop import TrainConfig
@@ -71,7 +72,8 @@ def check_preset(name: str) -> str:
 
 
 def get_preset(name: str) -> Preset:
-    return {"tiny": _tiny, "demo": _demo, "paper": _paper}[check_preset(name)]()
+    presets = {"tiny": _tiny, "demo": _demo, "paper": _paper, "paper-ssl-large": _paper_ssl_large}
+    return presets[check_preset(name)]()
 
 
 def _tiny() -> Preset:
@@ -269,5 +271,51 @@ def _paper() -> Preset:
             max_duration=12.0,
             espeak_voices_per_split=1000,
             settings_per_voice=24,
+        ),
+    )
+
+
+def _paper_ssl_large() -> Preset:
+    """`paper` for an imported 600M-class SSL conformer (Wav2Vec2-Conformer large, relative
+    or rotary: `kdprune import`, then `finetune --preset paper-ssl-large --init DIR`, which
+    takes the import's encoder and front end over this preset's).
+
+    Sized for one 80 GB GPU per worker, bf16 autocast; ESTIMATES, not measured:
+    - static: 0.6 B params × (4 B weights + 4 grads + 8 AdamW) ≈ 9.6 GB, plus the frozen
+      teacher for KD (2.4 GB fp32) ≈ 12 GB;
+    - activations: ~34·d bytes per encoder frame and layer (+ attention scores, 5·heads·T
+      bytes) ≈ 3.7 MB per 20 ms frame over 24 layers at d = 1024 and 30 s utterances;
+      the frozen feature encoder keeps none;
+    - RNN-T joint (B·T·U·V, 1025 classes, fp32 logits and grads) ≈ 2 × 4 GB per 4 min of
+      audio at 50 frames/s and ~3 tokens/s;
+    so 240 s of audio (24,000 input frames of 10 ms) per GPU batch ≈ 12 + 45 + 8 + 8
+    (allocator, workspace) ≈ 73 GB. Halve max_frames on 40 GB GPUs (and double workers).
+    LRs as wav2vec 2.0 large fine-tuning (5e-5 peak, 10 % warm-up); gates and λ as paper.
+    """
+    large = {"hidden_size": 1024, "num_hidden_layers": 24, "num_attention_heads": 16,
+             "intermediate_size": 4096, "conv_dim": [512] * 7, "conv_kernel": [10, 3, 3, 3, 3, 2, 2],
+             "conv_stride": [5, 2, 2, 2, 2, 2, 2], "conv_bias": True}  # fmt: skip
+    paper = _paper()
+    base = replace(
+        paper.finetune,
+        max_steps=80000,
+        lr=5e-5,
+        warmup_steps=8000,
+        max_frames=24000,  # 240 s of audio per GPU batch (see the estimate above)
+        max_batch=32,
+        spec_augment=False,  # log-mel SpecAugment does not apply to waveform frames
+        eval_every=4000,
+        checkpoint_every=2000,
+    )
+    return replace(
+        paper,
+        name="paper-ssl-large",
+        features=FeatureConfig(n_mels=FRAME, hop_length=FRAME, kind="waveform"),
+        encoder=encoder_config({**large, "position_embeddings_type": "relative"}),
+        pretrain=base,  # unused: the encoder comes pre-trained
+        finetune=base,
+        compress=replace(
+            paper.compress,
+            train=replace(base, max_steps=0, lr=2e-5, warmup_steps=1000, eval_every=2000),
         ),
     )
