@@ -102,3 +102,20 @@ def test_streaming_import_equals_masked_forward(tmp_path, position):
     got = torch.cat([stream.push(x[:, i : i + 5], final=i + 5 >= 77) for i in range(0, 77, 5)], 1)
     assert got.shape == full.shape
     assert (got - full).abs().max() <= 1e-4
+
+
+def test_imported_front_end_is_frozen_and_kept_whole(tmp_path):
+    """The waveform convs get no gradient (as wav2vec 2.0 fine-tuning) and materialisation
+    copies them unchanged; the projection after them trains."""
+    model = imported(tmp_path, "relative")
+    x = torch.randn(1, 20, 160)
+    model.train()
+    model.encode(x, torch.tensor([20])).out.sum().backward()
+    front = model.encoder.subsampling
+    assert all(p.grad is None and not p.requires_grad for p in front.convs.parameters())
+    assert front.proj.weight.grad is not None
+    attach_gates(model, PruneConfig())
+    small = materialise(model)
+    kept = small.encoder.subsampling.convs.parameters()
+    for a, b in zip(front.convs.parameters(), kept, strict=True):
+        assert torch.equal(a, b) and not b.requires_grad

@@ -54,6 +54,9 @@ class ConformerConfig:
     # a LayerNorm over channels and GELU), and whether those convs have biases.
     wave_convs: tuple[tuple[int, int, int], ...] = ()
     wave_conv_bias: bool = True
+    # The waveform convs get no gradient (wav2vec 2.0 fine-tuning freezes its feature
+    # encoder: no activations kept for it); pruning never cuts the front end.
+    freeze_frontend: bool = False
     layers: tuple[LayerDims, ...] = field(default_factory=lambda: (LayerDims(),) * 4)
     kernel_size: int = 15  # depthwise conv kernel (odd)
     dropout: float = 0.1

@@ -54,6 +54,8 @@ class WaveFrontEnd(nn.Module):
             WaveConv(chans[i], c, k, s, cfg.wave_conv_bias)
             for i, (c, k, s) in enumerate(cfg.wave_convs)
         )
+        if cfg.freeze_frontend:
+            self.convs.requires_grad_(False)
         self.proj_norm = nn.LayerNorm(chans[-1])
         self.proj = nn.Linear(chans[-1], cfg.d_model)
 

@@ -109,6 +109,7 @@ def encoder_config(hf: dict[str, Any]) -> ConformerConfig:
         subsampling=math.prod(s for _, _, s in convs) // FRAME,
         wave_convs=convs,
         wave_conv_bias=bool(hf.get("conv_bias", False)),
+        freeze_frontend=True,
         layers=(dims,) * hf["num_hidden_layers"],
         kernel_size=hf.get("conv_depthwise_kernel_size", 31),
         dropout=float(hf.get("hidden_dropout", 0.1)),
