@@ -31,6 +31,8 @@ Usage:
     .venv/bin/python bench/search.py                          # 12 trials x seeds 0 1 2 x nsga2, tpe, random
     .venv/bin/python bench/search.py --trials 4 --seeds 0     # quick check
     .venv/bin/python bench/search.py --samplers nsga2 random --trials 20 --out /tmp/p5
+    .venv/bin/python bench/search.py --train-manifest train.jsonl --dev-manifest dev.jsonl \
+        --test-manifest test.jsonl --teacher path/to/model_dir   # on your corpus
 """
 
 from __future__ import annotations
@@ -83,22 +85,25 @@ def run_study(
     teacher_dir: str,
     steps: int = 0,
     space: Any = None,
+    manifests: dict[str, Path] | None = None,
 ) -> dict[str, Any]:
-    """One study of ``trials`` real compression runs; returns its trials and hypervolume
-    history (hypervolume of the completed trials among the first n, n = 1..trials)."""
+    """One study of ``trials`` real compression runs (on ``manifests``, or the preset's
+    corpus); returns its trials and hypervolume history (hypervolume of the completed
+    trials among the first n, n = 1..trials)."""
     import optuna
     import pandas as pd
     from optuna.trial import TrialState
 
     from kdprune.analysis.pareto import hypervolume_history
     from kdprune.compress import CompressConfig, compress
+    from kdprune.data.selection import manifest_fields
     from kdprune.orchestration.config import SpaceConfig
     from kdprune.orchestration.search import classify_result
     from kdprune.orchestration.space import SearchSpace, compress_dict
     from kdprune.utils import log
 
     objectives = list(objectives)
-    define = SearchSpace(space or SpaceConfig(), preset, seed, steps)
+    define = SearchSpace(space or SpaceConfig(), preset, seed, steps, manifest_fields(manifests))
     study = optuna.create_study(
         directions=["minimize"] * len(objectives),
         sampler=make_bench_sampler(sampler, trials, seed),
@@ -189,9 +194,14 @@ def run_benchmark(
     reference_point: Sequence[float] | None = None,
     teacher_dir: str | None = None,
     steps: int = 0,
+    manifests: dict[str, Path] | None = None,
 ) -> dict[str, Any]:
     """Every sampler x seed study, the summary, and the three output files; returns the
-    P5 result (DESIGN §3 benchmark line, with ``goal_met`` and the output paths)."""
+    P5 result (DESIGN §3 benchmark line, with ``goal_met`` and the output paths).
+    ``manifests``: the user's corpus (``{"train", "dev", "test"}``; None: the preset's),
+    checked with the teacher's tokenizer before anything is trained."""
+    from kdprune.contract import PARAM_DATA
+    from kdprune.data.selection import check_coverage, check_data, data_digest
     from kdprune.orchestration.config import SweepConfig, parse_objectives
     from kdprune.orchestration.tuner import reference_point as sweep_reference_point
     from kdprune.prepare import prepare
@@ -199,9 +209,12 @@ def run_benchmark(
 
     workdir, out_dir = Path(workdir).resolve(), Path(out_dir).resolve()
     objectives = parse_objectives(objectives or SweepConfig(name="x").objectives)
+    check_data(manifests, teacher_dir)  # a bad corpus: one error before any training
     log(f"preparing the {preset} teacher and data (cached under {workdir})")
-    prepared = prepare(preset, workdir, teacher=teacher_dir)
+    prepared = prepare(preset, workdir, teacher=teacher_dir, manifests=manifests)
     teacher_dir = str(prepared.teacher_dir)
+    if manifests:  # (a teacher built here trained on the corpus: its dev/test words too)
+        check_coverage(teacher_dir, manifests)
     teacher = prepared.teacher.extra.get("metrics", {})  # as measured when it was trained
     ref = tuple(reference_point or sweep_reference_point(objectives, teacher))
     log(f"P5: {len(samplers)} samplers x {len(seeds)} seeds x {trials} trials, reference {ref}")
@@ -220,6 +233,7 @@ def run_benchmark(
                     workdir=workdir,
                     teacher_dir=str(teacher_dir),
                     steps=steps,
+                    manifests=manifests,
                 )
             )
     summary = summarise(runs, samplers)
@@ -245,6 +259,8 @@ def run_benchmark(
             "reference_point": list(ref),
             "steps": steps,
             "teacher_dir": str(teacher_dir),
+            PARAM_DATA: data_digest(prepared.manifests),
+            "manifests": {s: str(p) for s, p in prepared.manifests.items()},
             "constant_objectives": constant_objectives(runs, objectives),
             "wall_s": round(time.time() - t0, 1),
             "summary": summary,
@@ -258,9 +274,11 @@ def run_benchmark(
 
 
 def main(argv: list[str] | None = None) -> int:
+    from kdprune.cli import add_manifest_flags, manifests_from_args
     from kdprune.contract import PRESETS
+    from kdprune.data.selection import DataError
     from kdprune.orchestration.config import SAMPLERS
-    from kdprune.utils import default_workdir, emit_result
+    from kdprune.utils import default_workdir, emit_result, log
 
     ap = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0],
@@ -278,12 +296,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--reference-point", help="one value per objective (default: the sweep's)")
     ap.add_argument("--steps", type=int, default=0, help="compression steps (0: the preset's)")
     ap.add_argument("--teacher", help="teacher model directory (default: the preset's, cached)")
+    add_manifest_flags(ap)
     ap.add_argument("--workdir", type=Path, help="caches (default $KDPRUNE_WORKDIR or ./work)")
     ap.add_argument("--out", type=Path, help="output folder (default <workdir>/bench/search)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (a 1-CPU trial)")
     args = ap.parse_args(argv)
     if args.trials < 1:
         ap.error("--trials must be >= 1")
+    try:
+        manifests = manifests_from_args(args)
+    except ValueError as exc:
+        ap.error(str(exc))
     import optuna
     import torch
 
@@ -291,19 +314,24 @@ def main(argv: list[str] | None = None) -> int:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     workdir = (args.workdir or default_workdir()).resolve()
     ref = [float(v) for v in args.reference_point.split(",")] if args.reference_point else None
-    with contextlib.redirect_stdout(sys.stderr):  # stdout is for the result line only
-        result = run_benchmark(
-            trials=args.trials,
-            seeds=args.seeds,
-            samplers=list(dict.fromkeys(args.samplers)),
-            workdir=workdir,
-            out_dir=args.out or workdir / "bench" / "search",
-            preset=args.preset,
-            objectives=args.objectives.split(","),
-            reference_point=ref,
-            teacher_dir=args.teacher,
-            steps=args.steps,
-        )
+    try:
+        with contextlib.redirect_stdout(sys.stderr):  # stdout is for the result line only
+            result = run_benchmark(
+                trials=args.trials,
+                seeds=args.seeds,
+                samplers=list(dict.fromkeys(args.samplers)),
+                workdir=workdir,
+                out_dir=args.out or workdir / "bench" / "search",
+                preset=args.preset,
+                objectives=args.objectives.split(","),
+                reference_point=ref,
+                teacher_dir=args.teacher,
+                steps=args.steps,
+                manifests=manifests,
+            )
+    except DataError as exc:  # a bad corpus or teacher: one line, status 2
+        log(f"error: {exc}")
+        return 2
     emit_result(compact(result))
     return 0
 

@@ -13,7 +13,7 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
-from kdprune.contract import METHODS, PRESETS, SCHEDULES
+from kdprune.contract import METHODS, PRESETS, SCHEDULES, manifest_field, manifest_selection
 from kdprune.utils import default_workdir, emit_result
 
 # Each `cmd_*` imports the stage it runs inside the function, on purpose: the pipeline
@@ -22,11 +22,22 @@ from kdprune.utils import default_workdir, emit_result
 MANIFEST_SPLITS = ("train", "dev", "test")
 
 
-def _manifests(args: argparse.Namespace) -> dict[str, Path] | None:
-    given = {s: getattr(args, f"{s}_manifest", None) for s in MANIFEST_SPLITS}
-    if not any(given.values()):
-        return None
-    return {k: Path(v) for k, v in given.items() if v}
+def add_manifest_flags(p: argparse.ArgumentParser) -> None:
+    """--train-manifest/--dev-manifest/--test-manifest: the user's corpus (all three or
+    none); every command and sweep script that trains or evaluates takes them."""
+    for s in MANIFEST_SPLITS:
+        p.add_argument(
+            f"--{manifest_field(s).replace('_', '-')}",
+            type=Path,
+            default=None,
+            help=f"{s} manifest; all three or none (default: the preset's generated corpus)",
+        )
+
+
+def manifests_from_args(args: argparse.Namespace) -> dict[str, Path] | None:
+    """The parsed manifest flags: {"train", "dev", "test"} paths, or None when none is
+    given; a ValueError naming the missing flags when only some are."""
+    return manifest_selection(*(getattr(args, manifest_field(s), None) for s in MANIFEST_SPLITS))
 
 
 def _flags(args: argparse.Namespace, *names: str) -> dict[str, Any]:
@@ -45,13 +56,7 @@ def _add_common(p: argparse.ArgumentParser, manifests: bool = True) -> None:
         help="work directory (default $KDPRUNE_WORKDIR or ./work)",
     )
     if manifests:
-        for s in MANIFEST_SPLITS:
-            p.add_argument(
-                f"--{s}-manifest",
-                type=Path,
-                default=None,
-                help=f"{s} manifest (default: the preset's generated corpus)",
-            )
+        add_manifest_flags(p)
 
 
 def cmd_data_synth(args) -> dict:
@@ -75,7 +80,9 @@ def cmd_tokenizer(args) -> dict:
 
     preset = get_preset(args.preset)
     tok = build_tokenizer(
-        preset, resolve_manifests(args.preset, args.workdir, _manifests(args)), args.workdir
+        preset,
+        resolve_manifests(args.preset, args.workdir, manifests_from_args(args)),
+        args.workdir,
     )
     return {"tokenizer": tok.model_file, "vocab_size": tok.vocab_size}
 
@@ -83,7 +90,7 @@ def cmd_tokenizer(args) -> dict:
 def cmd_pretrain(args) -> dict:
     from kdprune.pipeline import pretrain
 
-    return {"pretrain_dir": pretrain(args.preset, args.workdir, _manifests(args))}
+    return {"pretrain_dir": pretrain(args.preset, args.workdir, manifests_from_args(args))}
 
 
 def cmd_finetune(args) -> dict:
@@ -92,7 +99,7 @@ def cmd_finetune(args) -> dict:
     return finetune(
         args.preset,
         args.workdir,
-        _manifests(args),
+        manifests_from_args(args),
         out_dir=args.out,
         **_flags(args, "init", "retrain", "max_steps", "max_minutes", "seed", "lr"),
     )
@@ -116,8 +123,11 @@ def cmd_evaluate(args) -> dict:
 
 def cmd_compress(args) -> dict:
     from kdprune.compress import CompressConfig, compress
+    from kdprune.data.selection import manifest_fields
 
-    cfg = CompressConfig(**_flags(args, *(f.name for f in fields(CompressConfig))))
+    corpus = {manifest_field(s) for s in MANIFEST_SPLITS}  # given as paths: made absolute
+    names = [f.name for f in fields(CompressConfig) if f.name not in corpus]
+    cfg = CompressConfig(**_flags(args, *names), **manifest_fields(manifests_from_args(args)))
     return compress(cfg, args.workdir, out_dir=args.out, teacher_dir=args.teacher)
 
 
@@ -188,7 +198,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "compress", help="one compression run: l0 / LRF / small / none, KD, joint or sequential"
     )
-    _add_common(p, manifests=False)
+    _add_common(p)
     p.add_argument("--method", default="l0", choices=METHODS)
     p.add_argument("--kd-weight", type=float, default=1.0, help="weight of the KD loss (0: off)")
     p.add_argument(

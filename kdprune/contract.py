@@ -54,6 +54,42 @@ PARAM_TYPES: dict[str, str] = {
 }
 PARAMS = tuple(PARAM_TYPES)
 
+# -- the corpus a run uses -----------------------------------------------------------------
+# A run trains and evaluates on the preset's generated corpus, or on three manifests the
+# user names, one per split: the flags ``--train-manifest/--dev-manifest/--test-manifest``
+# and the config fields ``train_manifest/dev_manifest/test_manifest`` ("": the preset's).
+# A sweep's parent and every child carry the param PARAM_DATA, a short hash of the three
+# manifests' content (equal values: the same corpus), and their paths in TAG_DATA_PATHS.
+PARAM_DATA = "data"
+TAG_DATA_PATHS = "kdprune.data_paths"  # JSON {"train": path, "dev": path, "test": path}
+# A compression run's final metric: how many test utterances its ``wer_test`` decoded.
+TEST_UTTERANCES = "num_utterances"
+
+
+def manifest_field(split: str) -> str:
+    """The config field (and, dashed, the CLI flag) naming a split's manifest:
+    ``train_manifest`` / ``--train-manifest``."""
+    return f"{split}_manifest"
+
+
+def manifest_selection(
+    train: str | Path | None, dev: str | Path | None, test: str | Path | None
+) -> dict[str, Path] | None:
+    """The user's corpus from the three manifest flags or fields: all three as
+    ``{"train", "dev", "test"}`` paths, or None (the preset's generated corpus) when none
+    is given; a ValueError naming the missing flags when only some are."""
+    given = {"train": train, "dev": dev, "test": test}
+    if not any(given.values()):
+        return None
+    missing = [f"--{manifest_field(s).replace('_', '-')}" for s, v in given.items() if not v]
+    if missing:
+        raise ValueError(
+            "give all three manifests (--train-manifest, --dev-manifest, --test-manifest) "
+            f"or none (the preset's generated corpus); missing: {', '.join(missing)}"
+        )
+    return {s: Path(v) for s, v in given.items()}
+
+
 # -- metrics -------------------------------------------------------------------------------
 LATENCY = "latency_ms_per_audio_s"  # mean wall-clock ms per second of audio, batch 1
 # What `compress` returns and a finished trial's run carries (plain names, DESIGN §3),

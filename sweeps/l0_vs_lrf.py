@@ -7,6 +7,8 @@ Usage:
     .venv/bin/python sweeps/l0_vs_lrf.py                       # demo preset, 8 trials (~18 min on 2 cores)
     .venv/bin/python sweeps/l0_vs_lrf.py --objectives wer_dev,latency --sampler tpe
     .venv/bin/python sweeps/l0_vs_lrf.py --resume              # after the driver died
+    .venv/bin/python sweeps/l0_vs_lrf.py --train-manifest train.jsonl --dev-manifest dev.jsonl \
+        --test-manifest test.jsonl --teacher path/to/model_dir  # your corpus and teacher
     ray job submit --working-dir . -- python sweeps/l0_vs_lrf.py --preset paper \\
         --gpu --storage s3://bucket/kdprune --teacher /shared/teacher
 """

@@ -16,6 +16,8 @@ Usage:
     .venv/bin/python sweeps/method_table.py --seeds 0 1 2 --extra sequential streaming
     .venv/bin/python sweeps/method_table.py --preset tiny --seeds 0 1 --steps 10   # minutes
     .venv/bin/python sweeps/method_table.py --teacher path/to/model_dir --budget 0.67
+    .venv/bin/python sweeps/method_table.py --train-manifest train.jsonl \
+        --dev-manifest dev.jsonl --test-manifest test.jsonl      # your corpus
     .venv/bin/python sweeps/method_table.py --resume             # after the driver died
     .venv/bin/kdprune report --experiment method_table
 """
@@ -24,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 from typing import Any
 
 from kdprune.orchestration.cli import main
@@ -76,14 +77,15 @@ def add_flags(p: argparse.ArgumentParser) -> None:
 
 def method_grid(args: argparse.Namespace, cfg: SweepConfig) -> tuple[dict[str, Any], ...]:
     """The grid for the parsed flags: the LRF rank ratio matched to the budget on the
-    sweep's teacher (the preset's, built and cached on first use)."""
+    sweep's teacher (the preset's, built and cached on first use, on the sweep's corpus, by
+    one Ray Train job on the cluster's workers: `kdprune.orchestration.teacher_job`)."""
     from kdprune.models.model_dir import load_model_dir
-    from kdprune.prepare import teacher_dir_of
+    from kdprune.orchestration.teacher_job import sweep_teacher
     from kdprune.pruning.lrf import rank_ratio_for_sparsity
     from kdprune.utils import log
 
     cfg = cfg.resolved()
-    teacher = teacher_dir_of(cfg.preset, Path(cfg.workdir), cfg.teacher_dir or None)
+    teacher = sweep_teacher(cfg, cfg.manifests)
     ratio = rank_ratio_for_sparsity(load_model_dir(teacher).model, args.budget)
     points = grid(args.budget, ratio, args.seeds, args.extra)
     log(

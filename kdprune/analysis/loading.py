@@ -9,6 +9,7 @@ metrics, the trial id and what became of the run. Only rows with ``eligible == T
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -17,9 +18,11 @@ import pandas as pd
 
 from kdprune.contract import (
     FINAL_METRICS,
+    PARAM_DATA,
     PARAM_TYPES,
     ROLE_SWEEP,
     ROLE_TRIAL,
+    TAG_DATA_PATHS,
     TAG_PARENT,
     TAG_ROLE,
     TAG_STOPPED_EARLY,
@@ -218,3 +221,19 @@ def state_counts(df: pd.DataFrame) -> dict[str, int]:
     if not len(df):
         return {}
     return {str(k): int(v) for k, v in df["state"].value_counts().sort_index().items()}
+
+
+def corpora(uri: str, df: pd.DataFrame) -> dict[str, dict[str, str]]:
+    """The corpora the trials ran on: their param ``data`` (a short hash of the manifests'
+    content) -> ``{split: manifest path}`` from their sweep's tag ({} where not recorded)."""
+    client = _client(resolve_tracking_uri(uri))
+    out: dict[str, dict[str, str]] = {}
+    parents = df["parent_run_id"].dropna().unique() if len(df) else []
+    for parent in parents:
+        run = client.get_run(parent)
+        if run.data.params.get(PARAM_DATA):
+            paths = json.loads(run.data.tags.get(TAG_DATA_PATHS, "{}"))
+            out[run.data.params[PARAM_DATA]] = paths
+    for data in df[PARAM_DATA].dropna().unique() if PARAM_DATA in df else []:
+        out.setdefault(str(data), {})
+    return out

@@ -14,7 +14,7 @@ import pandas as pd
 
 from kdprune.analysis.artifacts import front_table, write_front_artifacts
 from kdprune.analysis.compare import VALUE_COLUMNS, paper_comparison
-from kdprune.analysis.loading import load_trials, state_counts
+from kdprune.analysis.loading import corpora, load_trials, state_counts
 from kdprune.analysis.pareto import (
     add_labels,
     default_reference_point,
@@ -27,7 +27,9 @@ from kdprune.contract import (
     DEFAULT_OBJECTIVES,
     FINAL_METRICS,
     METRIC_LABELS,
+    PARAM_DATA,
     PERCENT_METRICS,
+    TAG_DATA_PATHS,
     TAG_SYNTHETIC,
     resolve_tracking_uri,
 )
@@ -124,7 +126,9 @@ def method_summary(
     return pd.DataFrame(rows)
 
 
-def _header(experiment: str, uri: str, df: pd.DataFrame) -> list[str]:
+def _header(
+    experiment: str, uri: str, df: pd.DataFrame, found: dict[str, dict[str, str]]
+) -> list[str]:
     counts = state_counts(df)
     parents = df["parent_run_id"].nunique() if len(df) else 0
     return (
@@ -136,6 +140,7 @@ def _header(experiment: str, uri: str, df: pd.DataFrame) -> list[str]:
             f"- Trials: {len(df)} in {parents} sweep run(s); by state: "
             + (", ".join(f"{k} {v}" for k, v in counts.items()) or "none"),
             "- Only finished trials that were not stopped early enter fronts.",
+            *_data_lines(found),
         ]
         + (
             [f"- **Synthetic runs** (tag {TAG_SYNTHETIC}=true): made-up numbers, not results."]
@@ -144,6 +149,19 @@ def _header(experiment: str, uri: str, df: pd.DataFrame) -> list[str]:
         )
         + [""]
     )
+
+
+def _data_lines(found: dict[str, dict[str, str]]) -> list[str]:
+    if not found:
+        return [f"- Data: not recorded (no param `{PARAM_DATA}`: a sweep from before it)"]
+    lines = [f"- Data (param `{PARAM_DATA}`, a hash of the manifests' content; their paths:"]
+    lines[0] += f" tag `{TAG_DATA_PATHS}`):"
+    for data, paths in found.items():
+        where = ", ".join(f"{split} `{path}`" for split, path in paths.items())
+        lines.append(f"  - `{data}`: {where or 'paths not recorded'}")
+    if len(found) > 1:
+        lines.append("  - **The trials ran on several corpora: compare WERs within one.**")
+    return lines
 
 
 def _excluded(df: pd.DataFrame) -> list[str]:
@@ -212,7 +230,8 @@ def write_report(
     out_dir.mkdir(parents=True, exist_ok=True)
     objectives = tuple(objectives)
     df = load_trials(experiment, uri)
-    lines = _header(experiment, uri, df)
+    found = corpora(uri, df)
+    lines = _header(experiment, uri, df, found)
     base: dict[str, Any] = {
         "experiment": experiment,
         "tracking_uri": uri,
@@ -223,6 +242,7 @@ def write_report(
         "states": state_counts(df),
         "front_size": 0,
         "hypervolume": None,
+        PARAM_DATA: found,
     }
     if not len(df):
         msg = f"experiment {experiment!r} has no trial runs (tag kdprune.role=trial)"
@@ -375,16 +395,9 @@ def _knee_lines(knee_cmp: pd.DataFrame) -> list[str]:
 
 def _plain_records(df: pd.DataFrame) -> list[dict[str, Any]]:
     """JSON-able records: NaN as None, numpy scalars as Python ones."""
-    out = []
-    for rec in df.to_dict("records"):
-        out.append(
-            {
-                k: None
-                if isinstance(v, float) and math.isnan(v)
-                else v.item()
-                if hasattr(v, "item")
-                else v
-                for k, v in rec.items()
-            }
-        )
-    return out
+
+    def plain(v: Any) -> Any:
+        v = v.item() if hasattr(v, "item") else v
+        return None if isinstance(v, float) and math.isnan(v) else v
+
+    return [{k: plain(v) for k, v in rec.items()} for rec in df.to_dict("records")]

@@ -11,8 +11,11 @@ from typing import Any
 
 from torch import nn
 
-from kdprune.contract import METHODS, SCHEDULES
+from kdprune.contract import METHODS, SCHEDULES, manifest_field, manifest_selection
+from kdprune.data.selection import data_key
+from kdprune.data.synth_config import SPLITS
 from kdprune.presets import CompressRecipe, check_preset, get_preset
+from kdprune.utils import config_hash, to_dict
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -30,6 +33,16 @@ class CompressConfig:
     left_chunks: int = 4
     seed: int = 0
     steps: int = 0  # compression steps; 0: the preset's default
+    # The corpus: all three manifests (absolute paths), or none ("") for the preset's
+    # generated corpus. The final wer_test decodes test_manifest; rungs decode dev's.
+    train_manifest: str = ""
+    dev_manifest: str = ""
+    test_manifest: str = ""
+
+    @property
+    def manifests(self) -> dict[str, Path] | None:
+        """The user's corpus as {"train", "dev", "test"} paths; None: the preset's."""
+        return manifest_selection(self.train_manifest, self.dev_manifest, self.test_manifest)
 
 
 def check_compress_config(cfg: CompressConfig) -> None:
@@ -53,6 +66,17 @@ def check_compress_config(cfg: CompressConfig) -> None:
         raise ValueError(f"chunk_size must be >= 1, got {cfg.chunk_size}")
     if cfg.steps < 0:
         raise ValueError(f"steps must be >= 0, got {cfg.steps}")
+    _ = cfg.manifests  # all three manifests or none: a ValueError naming the missing ones
+
+
+def run_key(cfg: CompressConfig, teacher_dir: str | Path) -> str:
+    """The hash naming a run's output folder: its config, its teacher and, on the user's
+    corpus, the manifests' content and paths (an edited manifest is a new run). A run on
+    the preset's corpus keeps the hash it had before the manifest fields existed."""
+    names = {manifest_field(s) for s in SPLITS}
+    fields = {k: v for k, v in to_dict(cfg).items() if k not in names}
+    manifests = cfg.manifests
+    return config_hash(fields, str(teacher_dir), *([data_key(manifests)] if manifests else []))
 
 
 def compress_recipe(cfg: CompressConfig) -> CompressRecipe:

@@ -20,14 +20,17 @@ from kdprune.compress.config import (
     TrainerContext,
     check_compress_config,
     compress_recipe,
+    run_key,
 )
 from kdprune.compress.stage import Stage, StageEnv, run_stage
 from kdprune.compress.student import build_student, evaluate_student
+from kdprune.contract import PARAM_DATA, TEST_UTTERANCES
+from kdprune.data.selection import check_coverage, check_manifests, data_digest
 from kdprune.models.model_dir import save_model_dir
 from kdprune.prepare import prepare, teacher_dir_of
 from kdprune.pruning.budget import fit_to_budget, min_params
 from kdprune.pruning.materialise import materialise
-from kdprune.utils import config_hash, default_workdir, log, read_json, to_dict, write_json
+from kdprune.utils import default_workdir, log, read_json, to_dict, write_json
 
 # An l0 run's materialised encoder keeps its budget to within this share of the teacher's
 # encoder params (1 point of sparsity); further off, the budget is enforced at materialisation.
@@ -43,18 +46,25 @@ def compress(
 ) -> dict[str, Any]:
     """Run one compression; returns the model directory and the DESIGN §3 metrics.
 
-    `teacher_dir`: the teacher (default: the preset's, built and cached under `workdir`).
+    `teacher_dir`: the teacher (default: the preset's, built and cached under `workdir`,
+    on the user's corpus when `cfg` names one). The user's corpus and the teacher's
+    tokenizer are checked before anything is trained or written (`kdprune.data.selection`).
     A finished run in `out_dir` (default: named by the config and teacher) is returned
     as it is; an interrupted one resumes from its checkpoints (or `ctx.resume_dir`).
     """
     check_compress_config(cfg)
     ctx = ctx or TrainerContext()
     workdir = Path(workdir or default_workdir()).resolve()
-    teacher_dir = teacher_dir_of(cfg.preset, workdir, teacher_dir)
+    manifests = cfg.manifests  # None: the preset's generated corpus
+    if manifests:
+        check_manifests(manifests)
+    teacher_dir = teacher_dir_of(cfg.preset, workdir, teacher_dir, manifests)
+    if manifests:
+        check_coverage(teacher_dir, manifests)
     out = (
         Path(out_dir).resolve()
         if out_dir
-        else workdir / "compress" / f"{cfg.preset}-{config_hash(cfg, str(teacher_dir))}"
+        else workdir / "compress" / f"{cfg.preset}-{run_key(cfg, teacher_dir)}"
     )
     if (out / "model" / "config.json").exists() and (out / "metrics.json").exists():
         log(f"compressed model already exists: {out / 'model'}")
@@ -64,7 +74,7 @@ def compress(
         shutil.copytree(ctx.resume_dir, ckpt, dirs_exist_ok=True)
     torch.manual_seed(cfg.seed)
 
-    data = prepare(cfg.preset, workdir, teacher=teacher_dir, device=ctx.device)
+    data = prepare(cfg.preset, workdir, teacher=teacher_dir, manifests=manifests, device=ctx.device)
     teacher = data.teacher.model
     recipe = compress_recipe(cfg)
     student, state = build_student(cfg, teacher, recipe)
@@ -135,6 +145,7 @@ def compress(
     # rank 0 writes utterances_{dev,test}.jsonl beside metrics.json (the sweep logs them)
     metrics = evaluate_student(plain, data, ctx.device, out if ctx.rank == 0 else None)
     metrics.update({"prune_steps": recipe.prune_steps, "finetune_steps": finetune.steps})
+    metrics[TEST_UTTERANCES] = len(data.test.utts)  # every test utterance was decoded
     if cfg.method in ("l0", "small"):
         metrics.update({"target_sparsity": cfg.target_sparsity, "budget_fitted": budget_fitted})
     if ctx.rank == 0:
@@ -142,6 +153,7 @@ def compress(
             "stage": "compress",
             "compress": to_dict(cfg),
             "teacher": str(teacher_dir),
+            PARAM_DATA: data_digest(data.manifests),
             "metrics": metrics,
         }
         save_model_dir(out / "model", plain.cpu(), data.tokenizer, extra)

@@ -21,6 +21,11 @@ class Tokenizer:
     def vocab_size(self) -> int:
         return self.sp.get_piece_size()
 
+    @property
+    def unk_id(self) -> int:
+        """The unknown piece: what a character the model never saw encodes to."""
+        return self.sp.unk_id()
+
     def encode(self, text: str) -> list[int]:
         return self.sp.encode(text, out_type=int)
 

@@ -13,8 +13,16 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
+from kdprune.cli import add_manifest_flags, manifests_from_args
 from kdprune.contract import PRESETS
-from kdprune.orchestration.config import SAMPLERS, SpaceConfig, SweepConfig, parse_objectives
+from kdprune.data.selection import manifest_fields
+from kdprune.orchestration.config import (
+    SAMPLERS,
+    SpaceConfig,
+    SweepConfig,
+    check_inputs,
+    parse_objectives,
+)
 from kdprune.orchestration.tuner import run_sweep
 from kdprune.orchestration.worker import Trainer
 from kdprune.utils import emit_result, log
@@ -47,6 +55,7 @@ def build_parser(doc: str | None) -> argparse.ArgumentParser:
                    help="continue the latest run of this sweep (or RUN) after its driver died")  # fmt: skip
     p.add_argument("--name", help="sweep name = MLflow experiment (default: the script's)")
     p.add_argument("--teacher", help="teacher model directory (default: the preset's, cached)")
+    add_manifest_flags(p)  # the corpus (default: the preset's; a built teacher trains on it)
     p.add_argument("--steps", type=int, help="compression steps per trial (default: the preset's)")
     p.add_argument("--num-workers", type=int, help="DDP workers per trial (default 1)")
     p.add_argument("--gpu", action="store_true", help="one GPU per worker")
@@ -85,6 +94,7 @@ def config_from_args(
         "worker_failures": args.max_failures,
     }
     cfg = replace(cfg, **{k: v for k, v in flags.items() if v is not None})
+    cfg = replace(cfg, **manifest_fields(manifests_from_args(args)))
     if args.objectives:
         cfg = replace(cfg, objectives=parse_objectives(args.objectives), reference_point=())
     if args.reference_point:
@@ -133,8 +143,9 @@ def main(
         extend(parser)
     args = parser.parse_args(argv)
     base = SweepConfig(name=name, space=space, **(defaults or {}))
-    cfg = config_from_args(args, base, {**SMOKE, **(smoke or {})})
     try:  # Tune and Ray print tables and worker output on stdout: keep it for the result
+        cfg = config_from_args(args, base, {**SMOKE, **(smoke or {})})
+        check_inputs(cfg)  # bad settings or data: one error, before a teacher, MLflow or Ray
         if grid is not None and not args.resume:
             points = tuple(grid(args, cfg))
             cfg = replace(cfg, grid=points, trials=len(points), early_stopping=False)

@@ -20,7 +20,9 @@ from kdprune.contract import (
     OBJECTIVE_ALIASES,
     OBJECTIVES,
     SCHEDULES,
+    manifest_selection,
 )
+from kdprune.data.selection import check_data
 from kdprune.utils import default_workdir
 
 SAMPLERS = ("nsga2", "tpe")
@@ -116,6 +118,11 @@ class SweepConfig:
     storage: str = ""  # Ray storage (checkpoints, results): path or URI; "": <workdir>/ray_results
     workdir: str = ""  # caches, trial outputs, sweep state; "": $KDPRUNE_WORKDIR or ./work
     teacher_dir: str = ""  # "": prepared (cached) by the driver for the preset
+    # The corpus every trial trains and is evaluated on: all three manifests, or none ("")
+    # for the preset's generated corpus (a teacher built by the driver trains on it too).
+    train_manifest: str = ""
+    dev_manifest: str = ""
+    test_manifest: str = ""
     # Configs tried first (Optuna enqueue_trial), e.g. one l0 and one LRF trial; keys are
     # searched params (method, target_sparsity, rank_ratio, kd_weight, ...).
     initial_points: tuple[dict[str, Any], ...] = ()
@@ -161,6 +168,12 @@ class SweepConfig:
                 f"reference_point has {len(self.reference_point)} values for "
                 f"{len(self.objectives)} objectives"
             )
+        _ = self.manifests  # all three manifests or none: a ValueError naming the missing
+
+    @property
+    def manifests(self) -> dict[str, Path] | None:
+        """The user's corpus as {"train", "dev", "test"} paths; None: the preset's."""
+        return manifest_selection(self.train_manifest, self.dev_manifest, self.test_manifest)
 
     def resolved(self) -> SweepConfig:
         """Copy with absolute paths and canonical objective names (Ray changes the working
@@ -170,12 +183,18 @@ class SweepConfig:
         if "://" not in storage:
             storage = str(Path(storage).resolve())
         teacher = str(Path(self.teacher_dir).resolve()) if self.teacher_dir else ""
+        corpus = {
+            name: str(Path(getattr(self, name)).resolve())
+            for name in ("train_manifest", "dev_manifest", "test_manifest")
+            if getattr(self, name)
+        }
         return replace(
             self,
             workdir=str(workdir),
             storage=storage,
             teacher_dir=teacher,
             objectives=parse_objectives(self.objectives),
+            **corpus,
         )
 
     @property
@@ -185,6 +204,15 @@ class SweepConfig:
     @property
     def trial_cpus(self) -> float:
         return self.num_workers * self.cpus_per_worker + self.driver_cpus
+
+
+def check_inputs(cfg: SweepConfig) -> None:
+    """What a sweep checks before it writes anything or starts Ray: its settings, the
+    user's corpus (manifests, audio) and, with a given teacher, that the teacher's
+    tokenizer encodes the corpus's transcripts (`kdprune.data.selection`)."""
+    cfg = cfg.resolved()
+    cfg.check()
+    check_data(cfg.manifests, cfg.teacher_dir or None)
 
 
 def max_concurrent_trials(cfg: SweepConfig, cluster: dict[str, float]) -> int:

@@ -3,8 +3,10 @@ runs are compared and any model is pulled from (DESIGN §3 "MLflow layout").
 
 - the experiment: kind ``custom_model_development`` (the MLflow 3 UI then opens on its
   training runs, not the GenAI overview) and a description;
-- the parent: a note saying how to compare its runs, and the corpus as dataset inputs;
-- each child: the corpus as dataset inputs, its full compression config
+- the parent: a note saying how to compare its runs, and the corpus: dataset inputs, the
+  param ``data`` (a short hash of the manifests' content) and the tag
+  ``kdprune.data_paths`` (their paths);
+- each child: the corpus as on the parent, its full compression config
   (``compress_config.json``), and when it finished its final metrics (``metrics.json``),
   per-utterance results (``utterances/utterances_{dev,test}.jsonl``) and the whole model
   directory (``model/``: ``mlflow.artifacts.download_artifacts("runs:/<id>/model")``).
@@ -30,8 +32,10 @@ from kdprune.contract import (
     EXPERIMENT_KIND,
     FINAL_METRICS,
     KNOBS,
+    PARAM_DATA,
     ROLE_TRIAL,
     SWEEP_GRID,
+    TAG_DATA_PATHS,
     TAG_EXPERIMENT_KIND,
     TAG_NOTE,
     TAG_ROLE,
@@ -42,11 +46,12 @@ from kdprune.contract import (
     ui_runs_path,
     utterances_file,
 )
+from kdprune.data.selection import data_digest, data_paths
 from kdprune.utils import log
 
 # The trials view's columns: the final metrics a comparison reads, the searched params.
 VIEW_METRICS = ("wer_dev", "wer_test", "params", "encoder_params", "achieved_sparsity")
-VIEW_PARAMS = ("method", "kd_weight", *KNOBS, "schedule", "streaming", "seed")
+VIEW_PARAMS = ("method", "kd_weight", *KNOBS, "schedule", "streaming", "seed", PARAM_DATA)
 
 
 def trials_view() -> dict[str, Any]:
@@ -108,6 +113,9 @@ def parent_note(experiment: str, kind: str, experiment_id: str = "") -> str:
             f"- Columns: metrics {metrics}; params `method`, `kd_weight`, "
             "`target_sparsity`, `rank_ratio`, `schedule`, `streaming`, `seed` (*Columns* "
             "button). WER is a fraction; sort by `wer_dev` to select, read `wer_test`.",
+            f"- The corpus: param `{PARAM_DATA}` (a short hash of the train/dev/test "
+            f"manifests' content: equal values, the same data), their paths in the tag "
+            f"`{TAG_DATA_PATHS}`, and the manifests as the run's dataset inputs.",
             "- Tick several children and press *Compare* for side-by-side params, metrics "
             "and training curves (`train/*`, `prune/*`, `eval/wer_dev`).",
             "- Each finished child holds `model/` (the whole model directory: "
@@ -148,10 +156,26 @@ def corpus_datasets(manifests: Mapping[str, str | Path]) -> list[Any]:
     return inputs
 
 
-def log_corpus(client: Any, run_id: str, datasets: list[Any]) -> None:
-    """Attach the corpus datasets to a run (MLflow deduplicates repeated inputs)."""
+def corpus_data(manifests: Mapping[str, str | Path]) -> dict[str, str]:
+    """The corpus's param ``data`` (a short hash of the manifests' content: equal values,
+    the same corpus) and tag ``kdprune.data_paths`` (their paths, JSON); {} without one."""
+    if not manifests:
+        return {}
+    return {PARAM_DATA: data_digest(manifests), TAG_DATA_PATHS: data_paths(manifests)}
+
+
+def log_corpus(
+    client: Any, run_id: str, datasets: list[Any], data: Mapping[str, str] | None = None
+) -> None:
+    """Attach the corpus to a run: its datasets (MLflow deduplicates repeated inputs) and
+    `corpus_data`'s param and tag."""
+    from mlflow.entities import Param, RunTag
+
     if datasets:
         client.log_inputs(run_id, datasets=datasets)
+    if data:
+        params = [Param(PARAM_DATA, data[PARAM_DATA])]
+        client.log_batch(run_id, params=params, tags=[RunTag(TAG_DATA_PATHS, data[TAG_DATA_PATHS])])
 
 
 def log_trial_config(client: Any, run_id: str, config: Mapping[str, Any]) -> None:

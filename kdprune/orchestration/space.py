@@ -4,16 +4,17 @@ The method decides which knob exists: l0 (and `small`) search ``target_sparsity`
 searches ``rank_ratio``, none searches neither; ``kd_weight`` (0 included) applies to all;
 schedule and streaming are searched only when the space lists several values, and the
 streaming chunk size only for streaming trials. Everything fixed for the sweep (preset,
-seed, steps) is returned as constants, so a Tune trial's config is a complete
-`CompressConfig` dict.
+seed, steps, the user's manifests) is returned as constants, so a Tune trial's config is a
+complete `CompressConfig` dict.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from kdprune.contract import KNOBS, PARAMS, method_knob
+from kdprune.data.selection import manifest_fields
 from kdprune.orchestration.config import SpaceConfig
 
 
@@ -25,6 +26,9 @@ class SearchSpace:
     preset: str
     seed: int = 0
     steps: int = 0
+    # The config fields naming the user's corpus (`manifest_fields`), the same in every
+    # trial; empty: the preset's corpus.
+    corpus: dict[str, str] = field(default_factory=dict)
 
     def __call__(self, trial: Any) -> dict[str, Any]:
         sp = self.space
@@ -38,6 +42,7 @@ class SearchSpace:
             "seed": self.seed,
             "steps": self.steps,
             "left_chunks": sp.left_chunks,
+            **self.corpus,
         }
         if len(sp.schedules) > 1:
             trial.suggest_categorical("schedule", list(sp.schedules))
@@ -84,8 +89,9 @@ def logged_params(config: dict[str, Any]) -> dict[str, Any]:
 
 def grid_configs(cfg: Any) -> list[dict[str, Any]]:
     """A `SweepConfig`'s fixed grid as complete trial configs: each point plus what it
-    leaves out (preset, steps, seed, schedule, streaming, chunk size, left chunks) from the
-    sweep, and every key in every config (None where a point has none), as Tune needs."""
+    leaves out (preset, steps, seed, schedule, streaming, chunk size, left chunks, the
+    corpus's manifests) from the sweep, and every key in every config (None where a point
+    has none), as Tune needs."""
     sp = cfg.space
     base = {
         "preset": cfg.preset,
@@ -95,6 +101,7 @@ def grid_configs(cfg: Any) -> list[dict[str, Any]]:
         "streaming": bool(sp.streaming[0]),
         "chunk_size": sp.chunk_sizes[0],
         "left_chunks": sp.left_chunks,
+        **manifest_fields(cfg.manifests),
     }
     points = [{**base, **point} for point in cfg.grid]
     keys = sorted({k for p in points for k in p})

@@ -45,6 +45,7 @@ from kdprune.contract import (
     TAG_SWEEP_RUN,
     TAG_TRIAL_ID,
     artifact_location,
+    manifest_field,
     method_knob,
 )
 from kdprune.orchestration import run_content
@@ -114,7 +115,9 @@ class SweepTracker:
         run_name: str,
         manifests: dict[str, str] | None = None,
     ) -> None:
-        """``manifests``: the corpus ({split: manifest path}), logged as dataset inputs."""
+        """``manifests``: the corpus ({split: manifest path}): every run's dataset inputs,
+        its param ``data`` (a short hash of the manifests' content) and its tag
+        ``kdprune.data_paths`` (their paths)."""
         from mlflow import MlflowClient
 
         self.uri, self.experiment, self.run_name = uri, experiment, run_name
@@ -130,6 +133,7 @@ class SweepTracker:
         self._children: dict[str, str] = {}
         self.manifests = dict(manifests or {})
         self._datasets: list | None = None
+        self._data: dict[str, str] | None = None
 
     @property
     def datasets(self) -> list:
@@ -137,6 +141,13 @@ class SweepTracker:
         if self._datasets is None:
             self._datasets = run_content.corpus_datasets(self.manifests)
         return self._datasets
+
+    @property
+    def data(self) -> dict[str, str]:
+        """The corpus's param ``data`` and paths tag (built once; {}: no corpus)."""
+        if self._data is None:
+            self._data = run_content.corpus_data(self.manifests)
+        return self._data
 
     # -- parent ---------------------------------------------------------------------------
     def parent_run(self, params: dict[str, Any], kind: str = SWEEP_SEARCH) -> str:
@@ -164,10 +175,12 @@ class SweepTracker:
         )
         from mlflow.entities import Param
 
+        corpus = {manifest_field(s) for s in self.manifests}  # the paths go in the data tag
         self.client.log_batch(
-            run.info.run_id, params=[Param(k, str(v)[:6000]) for k, v in params.items()]
+            run.info.run_id,
+            params=[Param(k, str(v)[:6000]) for k, v in params.items() if k not in corpus],
         )
-        run_content.log_corpus(self.client, run.info.run_id, self.datasets)
+        run_content.log_corpus(self.client, run.info.run_id, self.datasets, self.data)
         return run.info.run_id
 
     # -- children -------------------------------------------------------------------------
@@ -198,7 +211,7 @@ class SweepTracker:
 
         self.client.log_batch(run.info.run_id, params=[Param(k, str(v)) for k, v in params.items()])
         run_content.log_trial_config(self.client, run.info.run_id, config)
-        run_content.log_corpus(self.client, run.info.run_id, self.datasets)
+        run_content.log_corpus(self.client, run.info.run_id, self.datasets, self.data)
         self._children[trial_id] = run.info.run_id
         return run.info.run_id, 1
 

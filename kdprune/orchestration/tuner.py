@@ -30,8 +30,10 @@ from kdprune.contract import (
     resolve_tracking_uri,
     ui_runs_path,
 )
+from kdprune.data.selection import check_coverage, manifest_fields
 from kdprune.orchestration.config import (
     SweepConfig,
+    check_inputs,
     max_concurrent_trials,
     redact,
     sweep_state_dir,
@@ -104,7 +106,9 @@ def prepare_teacher(cfg: SweepConfig) -> PreparedTeacher:
 
     if not cfg.teacher_dir:
         log(f"preparing the {cfg.preset} teacher (cached under {cfg.workdir})")
-    prepared = prepare(cfg.preset, Path(cfg.workdir), teacher=cfg.teacher_dir or None)
+    prepared = prepare(
+        cfg.preset, Path(cfg.workdir), teacher=cfg.teacher_dir or None, manifests=cfg.manifests
+    )
     manifests = {k: str(Path(v).resolve()) for k, v in prepared.manifests.items()}
     if cfg.teacher_dir:
         m = prepared.teacher.model
@@ -195,7 +199,9 @@ def build_tuner(run: SweepRun, teacher_dir: str, resume: bool, trainer: Trainer)
         # (Tune's max_concurrent_trials does not apply to a generator: it limits itself)
         searcher = BasicVariantGenerator(points_to_evaluate=configs, max_concurrent=concurrency)
     else:
-        space = SearchSpace(cfg.space, cfg.preset, cfg.seed, cfg.steps)
+        space = SearchSpace(
+            cfg.space, cfg.preset, cfg.seed, cfg.steps, corpus=manifest_fields(cfg.manifests)
+        )
         searcher = build_searcher(cfg, space, run.optuna_url, run.run_name)
     callback = MlflowSweepCallback(
         resolve_tracking_uri(workdir=cfg.workdir),
@@ -252,9 +258,12 @@ def start_run(
         return run, teacher_dir, {}
     kind = SWEEP_GRID if cfg.grid else SWEEP_SEARCH
     run_name = f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    prepared = PreparedTeacher(cfg.teacher_dir, {}, {})
+    corpus = {s: str(p) for s, p in (cfg.manifests or {}).items()}  # the user's, resolved
+    prepared = PreparedTeacher(cfg.teacher_dir, {}, corpus)
     if prepare:
         prepared = prepare_teacher(cfg)
+    if cfg.manifests and prepared.model_dir:  # a teacher built on the corpus: check it too
+        check_coverage(prepared.model_dir, cfg.manifests)
     teacher_dir, teacher = prepared.model_dir, prepared.metrics
     ref = tuple(cfg.reference_point) or reference_point(cfg.objectives, teacher)
     tracker = SweepTracker(uri, cfg.name, run_name, prepared.manifests)
@@ -303,7 +312,7 @@ def run_sweep(
 
     t0 = time.time()
     cfg = cfg.resolved()
-    cfg.check()
+    check_inputs(cfg)  # settings, the corpus, a given teacher's tokenizer: before anything
     uri = resolve_tracking_uri(workdir=cfg.workdir)
     check_tracking_uri(uri)  # before Ray, the teacher or any trial
     run, teacher_dir, _ = start_run(cfg, resume, prepare=trainer is None)
