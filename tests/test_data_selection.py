@@ -60,6 +60,20 @@ def corpus(tmp_path, tiny_manifests) -> dict[str, Path]:
     return cut_corpus(tmp_path / "corpus", tiny_manifests)
 
 
+def add_other_rates(train: Path) -> list[Utterance]:
+    """Append the first two train utterances again, at 44.1 kHz stereo and at 8 kHz (FLAC);
+    returns the two originals."""
+    utts = read_manifest(train)
+    extra = []
+    for u, sr, channels in ((utts[0], 44100, 2), (utts[1], 8000, 1)):
+        wave = resample(load_audio(u.audio_filepath), 16000, sr)
+        path = train.parent / f"{u.audio_filepath.stem}-{sr}.flac"
+        sf.write(path, np.stack([wave] * channels, axis=1), sr)
+        extra.append(Utterance(audio_filepath=path, duration=u.duration, text=u.text))
+    write_manifest(train, utts + extra, absolute=True)
+    return utts[:2]
+
+
 # -- flags, configs and keys -------------------------------------------------------------------
 def test_three_manifests_or_none():
     assert manifest_selection(None, "", None) is None
@@ -118,18 +132,7 @@ def test_the_run_key_follows_the_manifests_content(corpus, tmp_path):
 def test_compress_trains_and_evaluates_on_the_given_manifests(
     corpus, tiny_teacher, tmp_path, capsys
 ):
-    # Mixed sample rates: two train utterances again, at 44.1 kHz stereo and at 8 kHz.
-    utts = read_manifest(corpus["train"])
-    extra = []
-    for u, sr, channels in ((utts[0], 44100, 2), (utts[1], 8000, 1)):
-        wave = resample(load_audio(u.audio_filepath), 16000, sr)
-        path = tmp_path / "corpus" / f"{u.audio_filepath.stem}-{sr}.flac"
-        sf.write(path, np.stack([wave] * channels, axis=1), sr)
-        extra.append(Utterance(audio_filepath=path, duration=u.duration, text=u.text))
-        n = len(load_audio(u.audio_filepath))
-        assert abs(len(load_audio(path)) - n) <= 0.01 * n  # read back at 16 kHz, mono
-    write_manifest(corpus["train"], utts + extra, absolute=True)
-
+    add_other_rates(corpus["train"])  # mixed sample rates in training
     out, work = tmp_path / "run", tmp_path / "work"
     argv = ["compress", "--preset", "tiny", "--method", "l0", "--steps", "4"]
     argv += ["--teacher", tiny_teacher["model_dir"], "--out", str(out), "--workdir", str(work)]
@@ -148,10 +151,19 @@ def test_compress_trains_and_evaluates_on_the_given_manifests(
     assert not (work / "data").exists()  # the preset's corpus was never generated
 
 
-def test_rungs_decode_the_given_dev_manifest(corpus, tiny_teacher, tmp_path):
+def test_training_features_resample_and_rungs_decode_the_dev_manifest(
+    corpus, tiny_teacher, tmp_path
+):
     from kdprune.prepare import prepare
 
+    originals = add_other_rates(corpus["train"])
     data = prepare("tiny", tmp_path / "work", teacher=tiny_teacher["model_dir"], manifests=corpus)
+    # The 44.1 kHz and 8 kHz copies give the 16 kHz originals' frame counts (± the last
+    # frame of resampling), not 2.76x and 0.5x as many: their audio was resampled.
+    frames = data.train.num_frames
+    for i, copy in zip((0, 1), (-2, -1), strict=True):
+        assert data.train.utts[copy].text == originals[i].text
+        assert abs(frames[copy] - frames[i]) <= 1, (frames[copy], frames[i])
     dev = [u.audio_filepath for u in read_manifest(corpus["dev"])]
     assert [u.audio_filepath for u in data.dev_rung.utts] == dev[: len(data.dev_rung.utts)]
     assert len(data.test.utts) == SIZES["test"]
