@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from kdprune.contract import METHODS, PRESETS, SCHEDULES, manifest_field, manifest_selection
+from kdprune.device import DEVICE_CHOICES, resolve_device
 from kdprune.utils import default_workdir, emit_result
 
 # Each `cmd_*` imports the stage it runs inside the function, on purpose: the pipeline
@@ -87,10 +88,16 @@ def cmd_tokenizer(args) -> dict:
     return {"tokenizer": tok.model_file, "vocab_size": tok.vocab_size}
 
 
+def _add_device(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default="auto", choices=DEVICE_CHOICES,
+                   help="auto: CUDA when available, else CPU (default: auto)")  # fmt: skip
+
+
 def cmd_pretrain(args) -> dict:
     from kdprune.pipeline import pretrain
 
-    return {"pretrain_dir": pretrain(args.preset, args.workdir, manifests_from_args(args))}
+    device = resolve_device(args.device)
+    return {"pretrain_dir": pretrain(args.preset, args.workdir, manifests_from_args(args), device)}
 
 
 def cmd_finetune(args) -> dict:
@@ -101,6 +108,7 @@ def cmd_finetune(args) -> dict:
         args.workdir,
         manifests_from_args(args),
         out_dir=args.out,
+        device=resolve_device(args.device),
         **_flags(args, "init", "retrain", "max_steps", "max_minutes", "seed", "lr"),
     )
 
@@ -109,26 +117,31 @@ def cmd_evaluate(args) -> dict:
     from kdprune.eval.evaluate import evaluate
     from kdprune.models.model_dir import load_model_dir
 
-    m = load_model_dir(args.model, args.device)
+    device = resolve_device(args.device)
+    m = load_model_dir(args.model, device)
     if args.streaming and not m.config.encoder.streaming:
         raise ValueError(
             f"{args.model} was trained non-streaming (no causal conv/chunked attention); "
             "evaluate it without --streaming or compress it with --streaming"
         )
     res = evaluate(
-        m.model, m.tokenizer, **_flags(args, "manifest", "device", "beam", "output", "streaming")
+        m.model,
+        m.tokenizer,
+        device=device,
+        **_flags(args, "manifest", "beam", "output", "streaming"),
     )
     return {"model_dir": Path(args.model).resolve(), **res}
 
 
 def cmd_compress(args) -> dict:
-    from kdprune.compress import CompressConfig, compress
+    from kdprune.compress import CompressConfig, TrainerContext, compress
     from kdprune.data.selection import manifest_fields
 
     corpus = {manifest_field(s) for s in MANIFEST_SPLITS}  # given as paths: made absolute
     names = [f.name for f in fields(CompressConfig) if f.name not in corpus]
     cfg = CompressConfig(**_flags(args, *names), **manifest_fields(manifests_from_args(args)))
-    return compress(cfg, args.workdir, out_dir=args.out, teacher_dir=args.teacher)
+    ctx = TrainerContext(device=str(resolve_device(args.device)))
+    return compress(cfg, args.workdir, out_dir=args.out, teacher_dir=args.teacher, ctx=ctx)
 
 
 def cmd_import(args) -> dict:
@@ -176,6 +189,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("pretrain", help="BEST-RQ SSL pre-training of the encoder (the SSL teacher)")
     _add_common(p)
+    _add_device(p)
     p.set_defaults(func=cmd_pretrain)
 
     p = sub.add_parser(
@@ -193,6 +207,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-minutes", type=float, default=None, help="wall-clock budget")
     p.add_argument("--lr", type=float, default=None, help="peak learning rate (default: preset)")
     p.add_argument("--seed", type=int, default=0)
+    _add_device(p)
     p.set_defaults(func=cmd_finetune)
 
     p = sub.add_parser(
@@ -232,6 +247,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--teacher", type=Path, default=None, help="teacher model directory (default: the preset's)"
     )
     p.add_argument("--out", type=Path, default=None, help="output directory")
+    _add_device(p)
     p.set_defaults(func=cmd_compress)
 
     p = sub.add_parser("export", help="export a model directory to TorchScript or ONNX")
@@ -251,7 +267,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", type=Path, required=True)
     p.add_argument("--manifest", type=Path, required=True)
     p.add_argument("--streaming", action="store_true", help="chunk-by-chunk streaming inference")
-    p.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    _add_device(p)
     p.add_argument("--beam", type=int, default=1, help="beam size (1: greedy)")
     p.add_argument(
         "--output", type=Path, default=None, help="write per-utterance hypotheses (JSON lines)"

@@ -26,6 +26,7 @@ from kdprune.data.features import (
 from kdprune.data.manifest import read_manifest
 from kdprune.data.synth import SPLITS, synth_config, synth_corpus
 from kdprune.data.tokenizer import Tokenizer, train_tokenizer
+from kdprune.device import resolve_device
 from kdprune.eval.evaluate import model_latency, wer_on
 from kdprune.eval.streaming_eval import stream_transcribe
 from kdprune.eval.wer import corpus_wer
@@ -48,8 +49,11 @@ def stage_dir(workdir: Path, stage: str, preset: str, *parts: Any) -> Path:
 
 def synth_data(preset: str, workdir: Path) -> dict[str, Path]:
     """`kdprune data synth`: the embedded generated corpus for a preset."""
-    cfg = synth_config(preset)
-    return synth_corpus(cfg, stage_dir(workdir, "data", preset, cfg))
+    return synth_corpus(synth_config(preset), _corpus_dir(preset, workdir))
+
+
+def _corpus_dir(preset: str, workdir: Path) -> Path:
+    return stage_dir(workdir, "data", preset, synth_config(preset))
 
 
 def resolve_manifests(
@@ -89,8 +93,15 @@ def _train_stats(fs: FeatureSet) -> tuple[torch.Tensor, torch.Tensor]:
     return global_stats(fs.feats)
 
 
-def pretrain(preset_name: str, workdir: Path, manifests: dict[str, Path] | None = None) -> Path:
-    """`kdprune pretrain`: BEST-RQ on the train audio (no transcripts) -> encoder weights."""
+def pretrain(
+    preset_name: str,
+    workdir: Path,
+    manifests: dict[str, Path] | None = None,
+    device: str | torch.device = "auto",
+) -> Path:
+    """`kdprune pretrain`: BEST-RQ on the train audio (no transcripts) -> encoder weights,
+    trained on `device` (`kdprune.device.resolve_device`), saved from CPU tensors."""
+    device = resolve_device(device)
     preset = get_preset(preset_name)
     manifests = resolve_manifests(preset_name, workdir, manifests)
     out = stage_dir(
@@ -108,8 +119,9 @@ def pretrain(preset_name: str, workdir: Path, manifests: dict[str, Path] | None 
     train = features(manifests, preset, workdir, "train")
     mean, std = _train_stats(train)
     torch.manual_seed(preset.pretrain.seed)
-    model = BestRq(ConformerEncoder(preset.encoder), preset.bestrq)
-    gen = torch.Generator().manual_seed(preset.pretrain.seed)
+    model = BestRq(ConformerEncoder(preset.encoder), preset.bestrq).to(device)
+    gen = torch.Generator().manual_seed(preset.pretrain.seed)  # CPU: masks are drawn there
+    mean_d, std_d = mean.to(device), std.to(device)
     opt = torch.optim.AdamW(
         model.parameters(), lr=preset.pretrain.lr, weight_decay=preset.pretrain.weight_decay
     )
@@ -118,12 +130,15 @@ def pretrain(preset_name: str, workdir: Path, manifests: dict[str, Path] | None 
     )
 
     def compute_loss(batch, step):
-        x = (batch.feats - mean) / std
+        x = (batch.feats - mean_d) / std_d
         loss, acc = model(x, batch.feat_lens, gen)
         return loss, {"loss_ssl": float(loss.detach()), "acc_masked": acc}
 
-    res = fit(model, compute_loss, opt, train, None, preset.pretrain, ckpt_dir=out / "ckpt")
-    save_file({k: v.contiguous() for k, v in model.encoder.state_dict().items()}, str(weights))
+    res = fit(
+        model, compute_loss, opt, train, None, preset.pretrain, ckpt_dir=out / "ckpt", device=device
+    )
+    state = model.encoder.state_dict()
+    save_file({k: v.detach().cpu().contiguous() for k, v in state.items()}, str(weights))
     save_file({"mean": mean, "std": std}, str(out / "stats.safetensors"))
     write_json(
         out / "pretrain.json", {"steps": res.steps, "wall_s": res.wall_s, "encoder": preset.encoder}
@@ -142,14 +157,17 @@ def finetune(
     max_minutes: float | None = None,
     seed: int = 0,
     lr: float | None = None,
+    device: str | torch.device = "auto",
 ) -> dict[str, Any]:
     """`kdprune finetune`: dense RNN-T on the (SSL) encoder -> model directory + metrics.
 
     `init`: "ssl" (the BEST-RQ encoder), "random", or a model directory to continue from
     (its weights, tokenizer and feature statistics; the preset's encoder flags, e.g.
     dynamic chunks, apply). The demo preset returns the shipped teacher unless `retrain`
-    (or other data) is asked.
+    (or other data) is asked. Pre-training, training, evaluation and latency run on
+    `device` (`kdprune.device.resolve_device`); the model directory holds CPU tensors.
     """
+    device = resolve_device(device)
     init_dir = None
     if init not in ("ssl", "random"):
         init_dir = Path(init).resolve()
@@ -190,21 +208,10 @@ def finetune(
         preset = replace(preset, features=start.config.features, encoder=start.config.encoder)
         cfg = replace(cfg, spec_augment=cfg.spec_augment and preset.features.kind == "log_mel")
     tok = start.tokenizer if start and not imported else build_tokenizer(preset, manifests, workdir)
-    key = stage_dir(
-        workdir,
-        "finetune",
-        preset_name,
-        preset.encoder,
-        cfg,
-        init,
-        _manifest_key(manifests),
-        preset.pred_dim,
-        preset.joint_dim,
-    )
+    key = _finetune_dir(workdir, preset, cfg, init, manifests)
     out = Path(out_dir).resolve() if out_dir else key / "model"
     if (out / "config.json").exists() and not retrain:
-        extra = read_json(out / "config.json")["extra"]
-        return {"model_dir": str(out), **extra.get("metrics", {})}
+        return _finished(out)
     train = features(manifests, preset, workdir, "train")
     dev = features(manifests, preset, workdir, "dev")
     torch.manual_seed(seed)
@@ -219,10 +226,14 @@ def finetune(
         model.load_state_dict(start.model.state_dict(), strict=True)
         log(f"continuing from {init_dir}")
     elif init == "ssl":
-        pt = pretrain(preset_name, workdir, manifests)
+        pt = pretrain(preset_name, workdir, manifests, device)
         model.encoder.load_state_dict(load_file(str(pt / "encoder.safetensors")), strict=True)
         log(f"encoder initialised from SSL pre-training {pt}")
-    log(f"fine-tuning RNN-T: {model.num_params():,} params ({model.encoder_params():,} encoder)")
+    model.to(device)
+    log(
+        f"fine-tuning RNN-T on {device}: {model.num_params():,} params "
+        f"({model.encoder_params():,} encoder)"
+    )
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     gen = torch.Generator().manual_seed(seed)
     sa = SpecAugmentConfig()
@@ -238,20 +249,30 @@ def finetune(
         return r.loss, {"loss_rnnt": float(r.rnnt.detach()), "loss_ctc": float(r.ctc.detach())}
 
     def eval_dev(step):
-        w = wer_on(model, dev_eval, tok)
+        w = wer_on(model, dev_eval, tok, device)
         log(f"step {step}: dev WER {100 * w:.2f}% ({len(dev_eval.utts)} utts)")
         return {"wer_dev": w}
 
-    res = fit(model, compute_loss, opt, train, tok, cfg, ckpt_dir=key / "ckpt", evaluate=eval_dev)
+    res = fit(
+        model,
+        compute_loss,
+        opt,
+        train,
+        tok,
+        cfg,
+        ckpt_dir=key / "ckpt",
+        evaluate=eval_dev,
+        device=device,
+    )
     model.eval()
     test = features(manifests, preset, workdir, "test")
     metrics = {
-        "wer_dev": wer_on(model, dev, tok),
-        "wer_test": wer_on(model, test, tok),
-        **_extra_test_wers(model, tok, manifests, preset, workdir, test),
+        "wer_dev": wer_on(model, dev, tok, device),
+        "wer_test": wer_on(model, test, tok, device),
+        **_extra_test_wers(model, tok, manifests, preset, workdir, test, device),
         "params": model.num_params(),
         "encoder_params": model.encoder_params(),
-        **model_latency(model, test, tok),
+        **model_latency(model, test, tok, device),
         "steps": res.steps,
         "train_wall_s": res.wall_s,
     }
@@ -268,13 +289,49 @@ def finetune(
         "history": res.history,
         "manifests": {k: str(v) for k, v in manifests.items()},
         "machine": f"{platform.machine()} {platform.processor() or ''} {torch.get_num_threads()} threads".strip(),
+        "device": str(device),
         "command": " ".join(sys.argv),
         "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
-    save_model_dir(out, model, tok, extra)
+    save_model_dir(out, model, tok, extra)  # from CPU copies of the weights
     write_json(out / "metrics.json", metrics)
     write_model_card(out, _corpus_summary(manifests))
     return {"model_dir": str(out), **metrics}
+
+
+def _finetune_dir(
+    workdir: Path, preset: Preset, cfg: Any, init: str, manifests: dict[str, Path]
+) -> Path:
+    """The fine-tuning stage folder, named by everything that changes its model."""
+    parts = (preset.encoder, cfg, init, _manifest_key(manifests), preset.pred_dim, preset.joint_dim)
+    return stage_dir(workdir, "finetune", preset.name, *parts)
+
+
+def _finished(model_dir: Path) -> dict[str, Any]:
+    extra = read_json(model_dir / "config.json")["extra"]
+    return {"model_dir": str(model_dir), **extra.get("metrics", {})}
+
+
+def finished_teacher(
+    preset_name: str, workdir: Path, manifests: dict[str, Path] | None = None
+) -> dict[str, Any] | None:
+    """What `finetune(preset_name, workdir, manifests)` (default settings) returns when it
+    has nothing to train: the shipped demo teacher, or the model directory built earlier
+    under `workdir`; None when it would train. Builds nothing: a generated corpus is looked
+    up, not synthesised (the sweep driver asks this before sending training to a worker)."""
+    preset = get_preset(preset_name)
+    if preset_name == "demo" and not manifests and (SHIPPED_DEMO_TEACHER / "config.json").exists():
+        return finetune(preset_name, workdir)  # the shipped teacher: returns at once
+    if manifests:
+        manifests = resolve_manifests(preset_name, workdir, manifests)
+    else:
+        corpus = _corpus_dir(preset_name, workdir)
+        manifests = {s: corpus / f"{s}.jsonl" for s in SPLITS}
+    if not all(Path(m).is_file() for m in manifests.values()):
+        return None
+    cfg = replace(preset.finetune, seed=0)  # finetune's defaults
+    out = _finetune_dir(workdir, preset, cfg, "ssl", manifests) / "model"
+    return _finished(out) if (out / "config.json").is_file() else None
 
 
 def _extra_test_wers(
@@ -284,17 +341,18 @@ def _extra_test_wers(
     preset: Preset,
     workdir: Path,
     test: FeatureSet,
+    device: torch.device,
 ) -> dict[str, float]:
     """Test WER decoded chunk by chunk (streaming encoders), and on the corpus's padded
     test set (silence at both ends) when it has one."""
     out = {}
     if model.cfg.encoder.streaming:
-        hyps, _ = stream_transcribe(model, test, tok)
+        hyps, _ = stream_transcribe(model, test, tok, device)
         out["wer_test_streaming"] = corpus_wer([u.text for u in test.utts], hyps)[0]
     padded = Path(manifests["test"]).parent / "test_padded.jsonl"
     if padded.is_file():
         fs = load_features(padded, preset.features, Path(workdir).resolve() / "features")
-        out["wer_test_padded"] = wer_on(model, fs, tok)
+        out["wer_test_padded"] = wer_on(model, fs, tok, device)
     return out
 
 

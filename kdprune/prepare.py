@@ -43,11 +43,13 @@ def teacher_dir_of(
     workdir: Path,
     teacher: Path | str | None = None,
     manifests: dict[str, Path] | None = None,
+    device: str | torch.device = "auto",
 ) -> Path:
-    """The given teacher directory as given, or the preset's (built on first use)."""
+    """The given teacher directory as given, or the preset's (built on first use, on
+    `device`)."""
     if teacher:
         return Path(teacher)
-    return Path(finetune(preset, Path(workdir), manifests)["model_dir"])
+    return Path(finetune(preset, Path(workdir), manifests, device=device)["model_dir"])
 
 
 def prepare(
@@ -63,7 +65,7 @@ def prepare(
     corpus (synthesised on first use).
     """
     workdir = Path(workdir).resolve()
-    teacher_dir = teacher_dir_of(preset, workdir, teacher, manifests)
+    teacher_dir = teacher_dir_of(preset, workdir, teacher, manifests, device)
     loaded = load_model_dir(teacher_dir, device)
     manifests = resolve_manifests(preset, workdir, manifests)
     fcfg = loaded.config.features

@@ -58,7 +58,7 @@ def compress(
     manifests = cfg.manifests  # None: the preset's generated corpus
     if manifests:
         check_manifests(manifests)
-    teacher_dir = teacher_dir_of(cfg.preset, workdir, teacher_dir, manifests)
+    teacher_dir = teacher_dir_of(cfg.preset, workdir, teacher_dir, manifests, device=ctx.device)
     if manifests:
         check_coverage(teacher_dir, manifests)
     out = (

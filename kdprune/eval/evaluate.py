@@ -14,6 +14,7 @@ from kdprune.data.batching import bucket_batches, collate
 from kdprune.data.features import FeatureSet, log_mel
 from kdprune.data.manifest import read_manifest
 from kdprune.data.tokenizer import Tokenizer
+from kdprune.device import model_device, resolve_device
 from kdprune.eval.decode import beam_decode, greedy_decode
 from kdprune.eval.latency import measure_latency
 from kdprune.eval.wer import corpus_wer, edit_distance
@@ -26,12 +27,14 @@ def transcribe(
     model: Transducer,
     fs: FeatureSet,
     tok: Tokenizer,
-    device: str | torch.device = "cpu",
+    device: str | torch.device | None = None,
     beam: int = 1,
     max_frames: int = 40000,
 ) -> list[str]:
-    """Decode every utterance of a FeatureSet; returns hypotheses in manifest order."""
+    """Decode every utterance of a FeatureSet on `device` (None: where the model is);
+    returns hypotheses in manifest order."""
     model.eval()
+    device = device if device is not None else model_device(model)
     hyps: list[str] = [""] * len(fs.utts)
     for idx in bucket_batches(fs.num_frames, max_frames, 64, 0, 0, shuffle=False):
         b = collate(fs, idx, tok).to(device)
@@ -67,7 +70,7 @@ def utterance_records(fs: FeatureSet, hyps: list[str]) -> list[dict[str, Any]]:
 
 
 def decode_set(
-    model: Transducer, fs: FeatureSet, tok: Tokenizer, device="cpu", beam: int = 1
+    model: Transducer, fs: FeatureSet, tok: Tokenizer, device=None, beam: int = 1
 ) -> tuple[float, list[dict[str, Any]]]:
     """Corpus WER of a FeatureSet and its `utterance_records`."""
     hyps = transcribe(model, fs, tok, device, beam)
@@ -79,7 +82,7 @@ def write_records(path: Path, records: list[dict[str, Any]]) -> None:
     atomic_write_text(Path(path), "".join(json.dumps(r) + "\n" for r in records))
 
 
-def wer_on(model: Transducer, fs: FeatureSet, tok: Tokenizer, device="cpu", beam: int = 1) -> float:
+def wer_on(model: Transducer, fs: FeatureSet, tok: Tokenizer, device=None, beam: int = 1) -> float:
     hyps = transcribe(model, fs, tok, device, beam)
     return corpus_wer([u.text for u in fs.utts], hyps)[0]
 
@@ -88,13 +91,24 @@ def model_latency(
     model: Transducer,
     fs: FeatureSet,
     tok: Tokenizer,
-    device: str | torch.device = "cpu",
+    device: str | torch.device | None = None,
     max_utts: int = 40,
     threads: int | None = None,
 ) -> dict[str, float]:
     """End-to-end latency at batch 1 (normalise + encode + greedy decode) on up to
-    `max_utts` utterances spread over the set."""
+    `max_utts` utterances spread over the set.
+
+    Latency is measured on the device the model will run on: `device` is where the model
+    already is (None: taken from its parameters; a model elsewhere is an error, not moved,
+    so a CPU figure is never reported for a CUDA run or the other way round). Features are
+    on that device before timing starts; on CUDA the queue is synchronised before each
+    timed call and after it (`measure_latency`), so the kernels are counted, not queued.
+    """
     model.eval()
+    where = model_device(model)
+    device = where if device is None else torch.device(device)
+    if (device.type, device.index or 0) != (where.type, where.index or 0):
+        raise ValueError(f"latency asked on {device}, but the model is on {where}: move it first")
     step = max(1, len(fs.utts) // max_utts)
     picks = list(range(0, len(fs.utts), step))[:max_utts]
     feats = [fs.feats[i].float()[None].to(device) for i in picks]
@@ -126,14 +140,16 @@ def evaluate(
     model: Transducer,
     tok: Tokenizer,
     manifest: Path,
-    device: str = "cpu",
+    device: str | torch.device = "auto",
     beam: int = 1,
     output: Path | None = None,
     fs: FeatureSet | None = None,
     latency_utts: int = 40,
     streaming: bool = False,
 ) -> dict[str, Any]:
-    """The `kdprune evaluate` result: WER, params, latency, device."""
+    """The `kdprune evaluate` result: WER, params, latency, device. The model is moved to
+    `device` (`kdprune.device.resolve_device`); decoding and latency run there."""
+    device = resolve_device(device)
     model.to(device).eval()
     fs = fs if fs is not None else features_for_manifest(manifest, model)
     log(f"decoding {len(fs.utts)} utterances of {manifest} (beam {beam}, {device})")

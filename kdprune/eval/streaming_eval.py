@@ -9,6 +9,7 @@ import torch
 
 from kdprune.data.features import FeatureSet
 from kdprune.data.tokenizer import Tokenizer
+from kdprune.device import model_device
 from kdprune.eval.decode import GreedyStream
 from kdprune.eval.latency import sync
 from kdprune.models.streaming import StreamingEncoder
@@ -17,11 +18,13 @@ from kdprune.models.transducer import Transducer
 
 @torch.inference_mode()
 def stream_transcribe(
-    model: Transducer, fs: FeatureSet, tok: Tokenizer, device: str | torch.device = "cpu"
+    model: Transducer, fs: FeatureSet, tok: Tokenizer, device: str | torch.device | None = None
 ) -> tuple[list[str], dict[str, float]]:
     """-> (hypotheses, timing) where timing has the mean and p95 wall-clock per chunk
-    (ms), the chunk's audio duration (ms) and latency per audio second."""
+    (ms), the chunk's audio duration (ms) and latency per audio second, on `device`
+    (None: where the model is)."""
     model.eval()
+    device = device if device is not None else model_device(model)
     enc_cfg = model.cfg.encoder
     stride = enc_cfg.subsampling
     hop_ms = 1000 * model.cfg.features.hop_length / model.cfg.features.sample_rate
@@ -32,6 +35,7 @@ def stream_transcribe(
     for i, u in enumerate(fs.utts):
         x = model.normaliser(fs.feats[i].float()[None].to(device))
         stream, dec = StreamingEncoder(model.encoder), GreedyStream(model)
+        sync(device)  # the normaliser's kernels are not the first chunk's time
         n = x.shape[1]
         for s in range(0, n, piece):
             t0 = time.perf_counter()
