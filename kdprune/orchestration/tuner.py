@@ -97,18 +97,17 @@ class PreparedTeacher(NamedTuple):
 
 
 def prepare_teacher(cfg: SweepConfig) -> PreparedTeacher:
-    """Teacher directory, metrics and corpus (the given teacher, or the preset's, built and
-    cached under the workdir by the pipeline), with the corpus and feature caches built once here,
+    """Teacher directory, metrics and corpus (the given teacher, or the preset's: cached
+    under the workdir, or trained there by one Ray Train job on the cluster's workers,
+    `kdprune.orchestration.teacher_job`), with the corpus and feature caches built once here,
     in the driver, before any trial starts: otherwise every concurrent trial's worker
     synthesises the same corpus at once (seen from a fresh clone: two workers each at
     16 utt/s over the same 6600 files)."""
+    from kdprune.orchestration.teacher_job import sweep_teacher
     from kdprune.prepare import prepare
 
-    if not cfg.teacher_dir:
-        log(f"preparing the {cfg.preset} teacher (cached under {cfg.workdir})")
-    prepared = prepare(
-        cfg.preset, Path(cfg.workdir), teacher=cfg.teacher_dir or None, manifests=cfg.manifests
-    )
+    teacher = sweep_teacher(cfg, cfg.manifests)  # never trained in this process
+    prepared = prepare(cfg.preset, Path(cfg.workdir), teacher=teacher, manifests=cfg.manifests)
     manifests = {k: str(Path(v).resolve()) for k, v in prepared.manifests.items()}
     if cfg.teacher_dir:
         m = prepared.teacher.model
