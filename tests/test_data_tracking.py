@@ -97,7 +97,7 @@ def test_a_sweep_through_ray_logs_the_corpus_on_every_run(corpus, tmp_path):
     flags = [a for s, p in corpus.items() for a in (f"--{s}-manifest", str(p))]
     args = [*SYNTH_ARGS, "--smoke-test", "--trials", "2", "--no-early-stopping", *flags]
     proc = start_sweep(SYNTH, args, sweep_env(work), tmp_path / "sweep")
-    result = finish(proc, tmp_path / "sweep", 900)
+    result = finish(proc, tmp_path / "sweep", 1800)  # a hang guard: 2 busy shared cores
     client, parents, children = sweep_runs(result["tracking_uri"], result["experiment"])
     assert len(parents) == 1 and len(children) == 2
     for run in (*parents, *children):
