@@ -31,6 +31,7 @@ from kdprune.contract import (
     ui_runs_path,
 )
 from kdprune.data.selection import check_coverage, manifest_fields
+from kdprune.orchestration.autoscaler import planned_resources
 from kdprune.orchestration.config import (
     SweepConfig,
     check_inputs,
@@ -180,7 +181,8 @@ def build_tuner(run: SweepRun, teacher_dir: str, resume: bool, trainer: Trainer)
     if resume and tune.Tuner.can_restore(exp_path):
         log(f"restoring the Tune run {exp_path}")
         return tune.Tuner.restore(exp_path, trainable, resume_unfinished=True), store
-    concurrency = max_concurrent_trials(cfg, ray.cluster_resources())
+    # sized for the cluster at its largest: trials queue, and GPU nodes join for them
+    concurrency = max_concurrent_trials(cfg, planned_resources(ray.cluster_resources()))
     trials = len(cfg.grid) or cfg.trials
     log(
         f"{trials} trials, up to {concurrency} at once ({cfg.num_workers} worker(s) x "
