@@ -90,7 +90,7 @@ def features(manifests: dict[str, Path], preset: Preset, workdir: Path, split: s
 
 
 def _train_stats(fs: FeatureSet) -> tuple[torch.Tensor, torch.Tensor]:
-    return global_stats(fs.feats)
+    return global_stats(fs)
 
 
 def pretrain(
@@ -237,7 +237,7 @@ def finetune(
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     gen = torch.Generator().manual_seed(seed)
     sa = SpecAugmentConfig()
-    dev_eval = FeatureSet(dev.utts[:200], dev.feats[:200])
+    dev_eval = dev.head(200)
 
     def compute_loss(batch, step):
         feats = (

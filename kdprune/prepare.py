@@ -78,6 +78,6 @@ def prepare(
         manifests=manifests,
         train=sets["train"],
         dev=dev,
-        dev_rung=FeatureSet(dev.utts[:RUNG_UTTS], dev.feats[:RUNG_UTTS]),
+        dev_rung=dev.head(RUNG_UTTS),
         test=sets["test"],
     )

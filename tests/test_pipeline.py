@@ -34,7 +34,7 @@ def test_rnnt_overfits_tiny_batch(tiny_workdir, tiny_manifests):
             dropout=0.0,
         )
     )
-    mean, std = global_stats(fs.feats)
+    mean, std = global_stats(fs)
     model.normaliser.mean.copy_(mean)
     model.normaliser.std.copy_(std)
     # The 4 shortest: train audio carries up to 0.8 s of added silence at each end.

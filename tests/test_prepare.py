@@ -14,10 +14,11 @@ def test_prepare_returns_teacher_tokenizer_and_feature_sets(tiny_teacher, tiny_w
     assert set(p.manifests) == {"train", "dev", "test"}
     for split in ("train", "dev", "test"):
         fs = getattr(p, split)
-        assert len(fs.utts) == len(fs.feats) > 0
-        assert all(f.shape[1] == p.teacher.config.features.n_mels for f in fs.feats)
+        assert len(fs.utts) == len(fs.num_frames) > 0
+        n_mels = p.teacher.config.features.n_mels
+        assert all(fs[i].shape == (fs.num_frames[i], n_mels) for i in range(len(fs)))
     n = min(RUNG_UTTS, len(p.dev.utts))
-    assert p.dev_rung.utts == p.dev.utts[:n] and len(p.dev_rung.feats) == n
+    assert p.dev_rung.utts == p.dev.utts[:n] and len(p.dev_rung.num_frames) == n
 
 
 def test_prepare_without_a_teacher_uses_the_presets(tiny_teacher, tiny_workdir):

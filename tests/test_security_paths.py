@@ -62,7 +62,7 @@ codes["tokenizer"] = main(["tokenizer", "--preset", "tiny", "--workdir", work,
                            "--train-manifest", m, "--dev-manifest", m, "--test-manifest", m])
 for _ in range(2):  # computed, then read back from the cache
     fs = load_features(Path(m), FeatureConfig(), Path(work) / "features")
-codes["utterances"] = len(fs.feats)
+codes["utterances"] = len(fs)
 codes["evaluate"] = main(["evaluate", "--model", model, "--manifest", m,
                           "--output", str(Path(work) / "hyps.jsonl")])
 codes["librispeech"] = main(["data", "librispeech", "--workdir", work, "--root", ls_root,
@@ -239,7 +239,10 @@ def test_manifest_paths_never_become_write_paths(tmp_path, hostile):
     for token in ("xyz", "abs", "evil", "PWNED", "rf", "break", "ü"):
         assert not [f for f in written if token in f], (token, written)
     feats = [f for f in files_under(work) if f.startswith("features")]
-    assert len(feats) == 1 and re.fullmatch(r"features/m-[0-9a-f]+\.pt", feats[0]), feats
+    assert feats and all(  # one cache folder: its index and shards, named by hashes
+        re.fullmatch(r"features/m-[0-9a-f]+/(index\.npz|shard-[0-9]{5}\.f16)", f) for f in feats
+    ), feats
+    assert len({f.split("/")[1] for f in feats}) == 1, feats
     assert files_under(ls_out) == ["dev.jsonl"]
     # What was read outside is referenced (resolved) in the outputs, not written to.
     imported = [json.loads(x)["audio_filepath"] for x in (ls_out / "dev.jsonl").open()]

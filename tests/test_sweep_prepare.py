@@ -12,8 +12,8 @@ def test_driver_prepares_corpus_and_features_before_trials(tmp_path, tiny_teache
     splits = ("train.jsonl", "dev.jsonl", "test.jsonl")  # (the corpus adds eval sets too)
     manifests = sorted(p.name for p in workdir.glob("data/tiny-*/*.jsonl") if p.name in splits)
     assert manifests == ["dev.jsonl", "test.jsonl", "train.jsonl"]
-    caches = sorted(p.name.split("-")[0] for p in (workdir / "features").glob("*.pt"))
-    assert caches == ["dev", "test", "train"]
-    first = {p: p.stat().st_mtime_ns for p in (workdir / "features").glob("*.pt")}
+    indexes = list((workdir / "features").glob("*/index.npz"))  # one cache folder a split
+    assert sorted(p.parent.name.split("-")[0] for p in indexes) == ["dev", "test", "train"]
+    first = {p: p.stat().st_mtime_ns for p in indexes}
     prepare_teacher(cfg)  # a resumed sweep: everything reused
-    assert {p: p.stat().st_mtime_ns for p in (workdir / "features").glob("*.pt")} == first
+    assert {p: p.stat().st_mtime_ns for p in (workdir / "features").glob("*/index.npz")} == first

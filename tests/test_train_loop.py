@@ -12,7 +12,8 @@ from kdprune.train.loop import NonFiniteLossError, TrainConfig, fit
 def _toy_set(n: int = 12) -> FeatureSet:
     g = torch.Generator().manual_seed(0)
     utts = [Utterance(audio_filepath=__file__, duration=1.0, text="x") for _ in range(n)]  # type: ignore[arg-type]
-    return FeatureSet(utts, [torch.randn(20 + i, 4, generator=g) for i in range(n)])
+    feats = [torch.randn(20 + i, 4, generator=g) for i in range(n)]
+    return FeatureSet(utts, [f.shape[0] for f in feats], feats.__getitem__)
 
 
 def _setup(steps: int):

@@ -1,8 +1,16 @@
-"""Duration-bucketed batching, padding collation and rank sharding for DDP."""
+"""Length-bucketed batch plans (from frame counts only, no audio read), rank sharding for
+DDP, and padding collation.
+
+Hand-written rather than Lhotse's `DynamicBucketingSampler`: these plans bound the
+*padded* frames of a batch (what memory scales with), are a pure function of
+(seed, epoch, rank), so a resumed run skips plans without reading data, and give the
+batches the shipped models were trained with.
+"""
 
 from __future__ import annotations
 
 import random
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -20,12 +28,26 @@ class Batch:
     texts: list[str]
     indices: list[int]  # positions in the FeatureSet
 
-    def to(self, device: torch.device | str) -> Batch:
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> Batch:
+        def move(t: torch.Tensor) -> torch.Tensor:
+            return t.to(device, non_blocking=non_blocking)
+
         return Batch(
-            self.feats.to(device),
-            self.feat_lens.to(device),
-            self.targets.to(device),
-            self.target_lens.to(device),
+            move(self.feats),
+            move(self.feat_lens),
+            move(self.targets),
+            move(self.target_lens),
+            self.texts,
+            self.indices,
+        )
+
+    def pin_memory(self) -> Batch:
+        """Page-locked copies (the DataLoader's pin-memory thread calls this on CUDA)."""
+        return Batch(
+            self.feats.pin_memory(),
+            self.feat_lens.pin_memory(),
+            self.targets.pin_memory(),
+            self.target_lens.pin_memory(),
             self.texts,
             self.indices,
         )
@@ -72,9 +94,33 @@ def bucket_batches(
     return batches
 
 
+def planned_batches(
+    lengths: list[int],
+    max_frames: int,
+    max_batch: int,
+    seed: int,
+    start_step: int = 0,
+    rank: int = 0,
+    world_size: int = 1,
+) -> Iterator[list[int]]:
+    """This rank's `bucket_batches` of epoch 0, 1, 2, ... endlessly, from step `start_step`
+    on: the same batches at every step whether or not the run was interrupted before it."""
+    epoch, step = 0, 0
+    while True:
+        plan = bucket_batches(lengths, max_frames, max_batch, seed, epoch, True, rank, world_size)
+        if not plan:
+            raise ValueError(f"no batch for rank {rank} of {world_size}: too few utterances")
+        for idx in plan:
+            if step >= start_step:
+                yield idx
+            step += 1
+        epoch += 1
+
+
 def collate(fs: FeatureSet, indices: list[int], tokenizer: Tokenizer | None) -> Batch:
-    """Pad features and token ids; without a tokenizer (SSL pre-training) targets are empty."""
-    feats = [fs.feats[i].float() for i in indices]
+    """Read and pad features and token ids; without a tokenizer (SSL pre-training) targets
+    are empty."""
+    feats = [fs[i].float() for i in indices]
     texts = [fs.utts[i].text for i in indices]
     toks = [tokenizer.encode(t) if tokenizer is not None else [] for t in texts]
     feat_lens = torch.tensor([f.shape[0] for f in feats])

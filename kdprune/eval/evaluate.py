@@ -9,10 +9,8 @@ from typing import Any
 import torch
 
 from kdprune.contract import UTT_ERRORS, UTT_HYP, UTT_ID, UTT_REF, UTT_WORDS
-from kdprune.data.audio import load_audio
 from kdprune.data.batching import bucket_batches, collate
-from kdprune.data.features import FeatureSet, log_mel
-from kdprune.data.manifest import read_manifest
+from kdprune.data.features import FeatureSet, on_the_fly_features
 from kdprune.data.tokenizer import Tokenizer
 from kdprune.device import model_device, resolve_device
 from kdprune.eval.decode import beam_decode, greedy_decode
@@ -111,7 +109,7 @@ def model_latency(
         raise ValueError(f"latency asked on {device}, but the model is on {where}: move it first")
     step = max(1, len(fs.utts) // max_utts)
     picks = list(range(0, len(fs.utts), step))[:max_utts]
-    feats = [fs.feats[i].float()[None].to(device) for i in picks]
+    feats = [fs[i].float()[None].to(device) for i in picks]
     durs = [fs.utts[i].duration for i in picks]
 
     def run(i: int) -> None:
@@ -128,12 +126,8 @@ def model_latency(
 
 
 def features_for_manifest(manifest: Path, model: Transducer) -> FeatureSet:
-    """Features for evaluation, computed with the model's own front-end config."""
-    utts = read_manifest(manifest)
-    feats = [
-        log_mel(torch.from_numpy(load_audio(u.audio_filepath)), model.cfg.features) for u in utts
-    ]
-    return FeatureSet(utts, feats)
+    """Features for evaluation, computed when read with the model's own front-end config."""
+    return on_the_fly_features(manifest, model.cfg.features)
 
 
 def evaluate(

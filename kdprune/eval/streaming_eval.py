@@ -33,7 +33,7 @@ def stream_transcribe(
     hyps = []
     total_s, audio_s = 0.0, 0.0
     for i, u in enumerate(fs.utts):
-        x = model.normaliser(fs.feats[i].float()[None].to(device))
+        x = model.normaliser(fs[i].float()[None].to(device))
         stream, dec = StreamingEncoder(model.encoder), GreedyStream(model)
         sync(device)  # the normaliser's kernels are not the first chunk's time
         n = x.shape[1]

@@ -1,8 +1,9 @@
 """One readable training loop shared by pretrain, finetune and compress.
 
-The caller supplies `compute_loss(batch, step) -> (loss, stats)`; the loop owns batching,
-the LR schedule, gradient clipping, non-finite-loss skipping, periodic evaluation,
-checkpoint/resume and progress. Schedules are functions of the step.
+The caller supplies `compute_loss(batch, step) -> (loss, stats)`; the loop owns the batch
+stream (a DataLoader, `kdprune.data.loader`), the LR schedule, gradient clipping,
+non-finite-loss skipping, periodic evaluation, checkpoint/resume and progress. Schedules
+are functions of the step.
 """
 
 from __future__ import annotations
@@ -17,8 +18,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from kdprune.data.batching import Batch, bucket_batches, collate
+from kdprune.data.batching import Batch
 from kdprune.data.features import FeatureSet
+from kdprune.data.loader import training_batches
 from kdprune.data.tokenizer import Tokenizer
 from kdprune.train.checkpoint import load_checkpoint, save_checkpoint
 from kdprune.utils import log
@@ -64,23 +66,7 @@ class FitResult:
     wall_s: float
     history: list[dict[str, Any]] = field(default_factory=list)  # eval records
     skipped_steps: int = 0
-
-
-def batches_forever(
-    fs: FeatureSet, tok: Tokenizer | None, cfg: TrainConfig, start_step: int, rank: int, world: int
-):
-    """Yield (epoch, Batch) endlessly; deterministic in (seed, epoch) so resume is exact."""
-    epoch = 0
-    step = 0
-    lengths = fs.num_frames
-    while True:
-        for idx in bucket_batches(
-            lengths, cfg.max_frames, cfg.max_batch, cfg.seed, epoch, True, rank, world
-        ):
-            if step >= start_step:
-                yield epoch, collate(fs, idx, tok)
-            step += 1
-        epoch += 1
+    data_wait_s: float = 0.0  # time this call spent waiting for batches
 
 
 def fit(
@@ -96,12 +82,14 @@ def fit(
     rank: int = 0,
     world_size: int = 1,
     device: str | torch.device = "cpu",
+    data_workers: int | None = None,
 ) -> FitResult:
     """Train `model` for cfg.max_steps, resuming from `ckpt_dir` when it holds a checkpoint.
 
     `model` is what gets checkpointed (unwrap DDP before passing it); `compute_loss` may use
     a DDP wrapper of it. Param groups keep their own base LR in group["base_lr"]; groups
     marked "constant_lr" (l0 gates, Lagrange multipliers) skip the warm-up/decay schedule.
+    Batches come from `data_workers` DataLoader processes (None: 1 on CPU, more on CUDA).
     """
     for g in optimiser.param_groups:
         g.setdefault("base_lr", g["lr"])
@@ -120,10 +108,23 @@ def fit(
     stats_sum: dict[str, float] = {}
     n_sum = 0
     model.train()
-    it = batches_forever(train_set, tokenizer, cfg, step, rank, world_size)
+    batches = training_batches(
+        train_set,
+        tokenizer,
+        max_frames=cfg.max_frames,
+        max_batch=cfg.max_batch,
+        seed=cfg.seed,
+        start_step=step,
+        rank=rank,
+        world_size=world_size,
+        device=device,
+        workers=data_workers,
+    )
+    data_wait = 0.0
     while step < cfg.max_steps:
-        _, batch = next(it)
-        batch = batch.to(device)
+        t_wait = time.perf_counter()
+        batch = next(batches)
+        data_wait += time.perf_counter() - t_wait
         for g in optimiser.param_groups:
             g["lr"] = g["base_lr"] * (1.0 if g.get("constant_lr") else lr_factor(step, cfg))
         loss, stats = compute_loss(batch, step)
@@ -198,4 +199,4 @@ def fit(
         if out_of_time:
             log(f"wall-clock budget of {cfg.max_minutes} min reached at step {step}")
             break
-    return FitResult(step, time.time() - t0, history, skipped)
+    return FitResult(step, time.time() - t0, history, skipped, data_wait)
