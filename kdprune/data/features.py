@@ -27,6 +27,10 @@ class FeatureConfig:
     n_mels: int = 80  # log-mel bins
     n_fft: int = 400  # 25 ms window
     hop_length: int = 160  # 10 ms shift
+    # "log_mel", or "waveform": the audio normalised to zero mean and unit variance per
+    # utterance (wav2vec 2.0's feature extractor) in frames of hop_length samples, for an
+    # encoder with a waveform front end; n_mels is then the samples per frame (= hop_length).
+    kind: str = "log_mel"
 
 
 @functools.lru_cache(maxsize=4)
@@ -41,6 +45,20 @@ def log_mel(wave: torch.Tensor, cfg: FeatureConfig) -> torch.Tensor:
     with torch.no_grad():
         spec = _mel(cfg)(wave.float())
     return torch.log(spec + 1e-6).transpose(-1, -2).contiguous()
+
+
+def waveform_frames(wave: torch.Tensor, cfg: FeatureConfig) -> torch.Tensor:
+    """(S,) waveform -> (ceil(S / hop), hop): normalised per utterance, the last frame
+    zero-padded (wav2vec 2.0 pads normalised audio with zeros too)."""
+    w = wave.double()
+    w = ((w - w.mean()) / torch.sqrt(w.var(unbiased=False) + 1e-7)).float()
+    hop = cfg.hop_length
+    return torch.nn.functional.pad(w, (0, -w.shape[0] % hop)).view(-1, hop)
+
+
+def extract_features(wave: torch.Tensor, cfg: FeatureConfig) -> torch.Tensor:
+    """(S,) waveform -> (T, n_mels) features of the config's kind."""
+    return waveform_frames(wave, cfg) if cfg.kind == "waveform" else log_mel(wave, cfg)
 
 
 class FeatureReader(Protocol):
@@ -75,7 +93,7 @@ class FeatureSet:
 
 def cached_log_mel(utt: Utterance, cfg: FeatureConfig) -> torch.Tensor:
     """What the cache stores for `utt`: (T, n_mels) fp16 log-mel of its audio."""
-    return log_mel(torch.from_numpy(load_audio(utt.audio_filepath)), cfg).half()
+    return extract_features(torch.from_numpy(load_audio(utt.audio_filepath)), cfg).half()
 
 
 def load_features(
@@ -110,7 +128,7 @@ class OnTheFlyFeatures:
         self.utts, self.cfg = utts, cfg
 
     def __call__(self, i: int) -> torch.Tensor:
-        return log_mel(torch.from_numpy(load_audio(self.utts[i].audio_filepath)), self.cfg)
+        return extract_features(torch.from_numpy(load_audio(self.utts[i].audio_filepath)), self.cfg)
 
 
 def on_the_fly_features(manifest: Path, cfg: FeatureConfig) -> FeatureSet:
