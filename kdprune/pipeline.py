@@ -38,6 +38,7 @@ from kdprune.models.transducer import Transducer
 from kdprune.presets import Preset, get_preset
 from kdprune.train.loop import fit
 from kdprune.train.losses import asr_loss
+from kdprune.train.memory import resolve_max_frames
 from kdprune.utils import config_hash, log, read_json, write_json
 
 SHIPPED_DEMO_TEACHER = Path(__file__).parent / "assets" / "demo_teacher"
@@ -135,7 +136,17 @@ def pretrain(
         return loss, {"loss_ssl": float(loss.detach()), "acc_masked": acc}
 
     res = fit(
-        model, compute_loss, opt, train, None, preset.pretrain, ckpt_dir=out / "ckpt", device=device
+        model,
+        compute_loss,
+        opt,
+        train,
+        None,
+        # BEST-RQ's codebook head is sized as the RNN-T heads (an over-estimate).
+        resolve_max_frames(
+            preset.pretrain, device, preset.model_config(), lengths=train.num_frames
+        ),
+        ckpt_dir=out / "ckpt",
+        device=device,
     )
     state = model.encoder.state_dict()
     save_file({k: v.detach().cpu().contiguous() for k, v in state.items()}, str(weights))
@@ -259,7 +270,7 @@ def finetune(
         opt,
         train,
         tok,
-        cfg,
+        resolve_max_frames(cfg, device, model.cfg, lengths=train.num_frames),
         ckpt_dir=key / "ckpt",
         evaluate=eval_dev,
         device=device,

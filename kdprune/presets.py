@@ -217,7 +217,9 @@ def _paper() -> Preset:
         max_steps=150000,
         lr=1e-3,
         warmup_steps=10000,
-        max_frames=200000,
+        # 0: auto, the most padded frames whose estimated peak fits the device
+        # (`kdprune.train.memory`; 24 GB, bf16: ~142k frames of 12 s utterances).
+        max_frames=0,
         max_batch=256,
         ctc_weight=0.3,
         eval_every=5000,

@@ -19,6 +19,7 @@ from kdprune.prepare import Prepared
 from kdprune.presets import CompressRecipe
 from kdprune.pruning.budget import eval_params, expected_params, param_groups
 from kdprune.train.loop import fit
+from kdprune.train.memory import resolve_max_frames
 from kdprune.utils import log
 
 
@@ -95,7 +96,14 @@ def run_stage(stage: Stage, student: Transducer, state: PruneState, env: StageEn
         opt,
         env.data.train,
         env.data.tokenizer,
-        replace(recipe.train, max_steps=stage.steps),
+        resolve_max_frames(
+            replace(recipe.train, max_steps=stage.steps),
+            ctx.device,
+            student.cfg,
+            lengths=env.data.train.num_frames,
+            teacher=teacher.cfg,
+            gated=state.gated,
+        ),
         ckpt_dir=env.ckpt / stage.name,
         evaluate=evaluate,
         on_log=(lambda step, m: ctx.on_log(stage.step_offset + step, m)) if ctx.on_log else None,

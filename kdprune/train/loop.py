@@ -35,7 +35,10 @@ class TrainConfig:
     warmup_steps: int = 200  # linear warm-up, then cosine decay to min_lr_ratio * lr
     min_lr_ratio: float = 0.05
     weight_decay: float = 1e-3
-    max_frames: int = 20000  # padded feature frames per batch (per worker)
+    # Padded feature frames per batch (per worker); 0: auto, what the device's memory holds,
+    # resolved by the caller where the model and device are known
+    # (`kdprune.train.memory.resolve_max_frames`).
+    max_frames: int = 20000
     max_batch: int = 64  # utterances per batch
     ctc_weight: float = 0.3  # CTC auxiliary loss weight (0: off)
     grad_clip: float = 5.0
@@ -107,6 +110,11 @@ def fit(
     t0 = time.time() - (state.get("wall_s", 0.0) if state is not None else 0.0)
     stats_sum: dict[str, float] = {}
     n_sum = 0
+    if cfg.max_frames <= 0:
+        raise ValueError(
+            "max_frames=0 (auto) reached fit unresolved: call "
+            "kdprune.train.memory.resolve_max_frames first"
+        )
     model.train()
     batches = training_batches(
         train_set,
