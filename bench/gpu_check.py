@@ -40,7 +40,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 BUNDLE = ROOT / "bench" / "gpu_bundle"
-sys.path.insert(0, str(ROOT / "bench"))
+sys.path[:0] = [str(ROOT), str(ROOT / "bench")]  # kdprune from the tree (not installed there)
 
 
 class _NoRay(importlib.abc.MetaPathFinder):
