@@ -180,7 +180,14 @@ def build_tuner(run: SweepRun, teacher_dir: str, resume: bool, trainer: Trainer)
     exp_path = f"{cfg.storage.rstrip('/')}/{run.run_name}"
     if resume and tune.Tuner.can_restore(exp_path):
         log(f"restoring the Tune run {exp_path}")
-        return tune.Tuner.restore(exp_path, trainable, resume_unfinished=True), store
+        # Errored trials continue too, from their last checkpoint: what takes a sweep
+        # down (the driver killed, the node's memory monitor killing workers) errors the
+        # trials it interrupts, and a resumed sweep that skipped them would lose a cell
+        # of its grid. A trial that fails for its own reason fails again, as FAILED.
+        restored = tune.Tuner.restore(
+            exp_path, trainable, resume_unfinished=True, resume_errored=True
+        )
+        return restored, store
     # sized for the cluster at its largest: trials queue, and GPU nodes join for them
     concurrency = max_concurrent_trials(cfg, planned_resources(ray.cluster_resources()))
     trials = len(cfg.grid) or cfg.trials
