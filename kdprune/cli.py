@@ -15,6 +15,7 @@ from typing import Any
 
 from kdprune.contract import METHODS, PRESETS, SCHEDULES, manifest_field, manifest_selection
 from kdprune.device import DEVICE_CHOICES, resolve_device
+from kdprune.train.precision import PRECISION_CHOICES, resolve_precision
 from kdprune.utils import default_workdir, emit_result
 
 # Each `cmd_*` imports the stage it runs inside the function, on purpose: the pipeline
@@ -93,22 +94,36 @@ def _add_device(p: argparse.ArgumentParser) -> None:
                    help="auto: CUDA when available, else CPU (default: auto)")  # fmt: skip
 
 
+def _add_training_device(p: argparse.ArgumentParser) -> None:
+    """--device and the training precision (pretrain, finetune, compress)."""
+    _add_device(p)
+    p.add_argument("--precision", default="auto", choices=PRECISION_CHOICES,
+                   help="training autocast dtype; auto: bf16 on CUDA, fp32 on CPU")  # fmt: skip
+
+
 def cmd_pretrain(args) -> dict:
     from kdprune.pipeline import pretrain
 
     device = resolve_device(args.device)
-    return {"pretrain_dir": pretrain(args.preset, args.workdir, manifests_from_args(args), device)}
+    precision = resolve_precision(args.precision, device)
+    return {
+        "pretrain_dir": pretrain(
+            args.preset, args.workdir, manifests_from_args(args), device, precision
+        )
+    }
 
 
 def cmd_finetune(args) -> dict:
     from kdprune.pipeline import finetune
 
+    device = resolve_device(args.device)
     return finetune(
         args.preset,
         args.workdir,
         manifests_from_args(args),
         out_dir=args.out,
-        device=resolve_device(args.device),
+        device=device,
+        precision=resolve_precision(args.precision, device),
         **_flags(args, "init", "retrain", "max_steps", "max_minutes", "seed", "lr"),
     )
 
@@ -140,7 +155,8 @@ def cmd_compress(args) -> dict:
     corpus = {manifest_field(s) for s in MANIFEST_SPLITS}  # given as paths: made absolute
     names = [f.name for f in fields(CompressConfig) if f.name not in corpus]
     cfg = CompressConfig(**_flags(args, *names), **manifest_fields(manifests_from_args(args)))
-    ctx = TrainerContext(device=str(resolve_device(args.device)))
+    device = resolve_device(args.device)
+    ctx = TrainerContext(device=str(device), precision=resolve_precision(args.precision, device))
     return compress(cfg, args.workdir, out_dir=args.out, teacher_dir=args.teacher, ctx=ctx)
 
 
@@ -189,7 +205,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("pretrain", help="BEST-RQ SSL pre-training of the encoder (the SSL teacher)")
     _add_common(p)
-    _add_device(p)
+    _add_training_device(p)
     p.set_defaults(func=cmd_pretrain)
 
     p = sub.add_parser(
@@ -207,7 +223,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-minutes", type=float, default=None, help="wall-clock budget")
     p.add_argument("--lr", type=float, default=None, help="peak learning rate (default: preset)")
     p.add_argument("--seed", type=int, default=0)
-    _add_device(p)
+    _add_training_device(p)
     p.set_defaults(func=cmd_finetune)
 
     p = sub.add_parser(
@@ -247,7 +263,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--teacher", type=Path, default=None, help="teacher model directory (default: the preset's)"
     )
     p.add_argument("--out", type=Path, default=None, help="output directory")
-    _add_device(p)
+    _add_training_device(p)
     p.set_defaults(func=cmd_compress)
 
     p = sub.add_parser("export", help="export a model directory to TorchScript or ONNX")

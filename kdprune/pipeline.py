@@ -99,9 +99,11 @@ def pretrain(
     workdir: Path,
     manifests: dict[str, Path] | None = None,
     device: str | torch.device = "auto",
+    precision: str = "auto",
 ) -> Path:
     """`kdprune pretrain`: BEST-RQ on the train audio (no transcripts) -> encoder weights,
-    trained on `device` (`kdprune.device.resolve_device`), saved from CPU tensors."""
+    trained on `device` (`kdprune.device.resolve_device`) at `precision`
+    (`kdprune.train.precision`), saved from CPU tensors."""
     device = resolve_device(device)
     preset = get_preset(preset_name)
     manifests = resolve_manifests(preset_name, workdir, manifests)
@@ -143,10 +145,15 @@ def pretrain(
         None,
         # BEST-RQ's codebook head is sized as the RNN-T heads (an over-estimate).
         resolve_max_frames(
-            preset.pretrain, device, preset.model_config(), lengths=train.num_frames
+            preset.pretrain,
+            device,
+            preset.model_config(),
+            lengths=train.num_frames,
+            precision=precision,
         ),
         ckpt_dir=out / "ckpt",
         device=device,
+        precision=precision,
     )
     state = model.encoder.state_dict()
     save_file({k: v.detach().cpu().contiguous() for k, v in state.items()}, str(weights))
@@ -169,6 +176,7 @@ def finetune(
     seed: int = 0,
     lr: float | None = None,
     device: str | torch.device = "auto",
+    precision: str = "auto",
 ) -> dict[str, Any]:
     """`kdprune finetune`: dense RNN-T on the (SSL) encoder -> model directory + metrics.
 
@@ -177,6 +185,7 @@ def finetune(
     dynamic chunks, apply). The demo preset returns the shipped teacher unless `retrain`
     (or other data) is asked. Pre-training, training, evaluation and latency run on
     `device` (`kdprune.device.resolve_device`); the model directory holds CPU tensors.
+    `precision` (`kdprune.train.precision`): pre-training and training's autocast dtype.
     """
     device = resolve_device(device)
     init_dir = None
@@ -237,7 +246,7 @@ def finetune(
         model.load_state_dict(start.model.state_dict(), strict=True)
         log(f"continuing from {init_dir}")
     elif init == "ssl":
-        pt = pretrain(preset_name, workdir, manifests, device)
+        pt = pretrain(preset_name, workdir, manifests, device, precision)
         model.encoder.load_state_dict(load_file(str(pt / "encoder.safetensors")), strict=True)
         log(f"encoder initialised from SSL pre-training {pt}")
     model.to(device)
@@ -270,10 +279,11 @@ def finetune(
         opt,
         train,
         tok,
-        resolve_max_frames(cfg, device, model.cfg, lengths=train.num_frames),
+        resolve_max_frames(cfg, device, model.cfg, lengths=train.num_frames, precision=precision),
         ckpt_dir=key / "ckpt",
         evaluate=eval_dev,
         device=device,
+        precision=precision,
     )
     model.eval()
     test = features(manifests, preset, workdir, "test")

@@ -97,3 +97,18 @@ def test_constant_lr_groups_skip_the_schedule():
     weights, gates = opt.param_groups
     assert weights["lr"] < 0.5 * 1e-2  # cosine-decayed by the last step
     assert gates["lr"] == 0.1
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_checkpoint_restores_the_cuda_rng(tmp_path):
+    """Gate samples, dropout and dynamic chunks drawn on the GPU resume as unbroken."""
+    from kdprune.train.checkpoint import load_checkpoint, save_checkpoint
+
+    model, opt, _ = _setup(1)
+    torch.cuda.manual_seed_all(0)
+    torch.rand(3, device="cuda")
+    save_checkpoint(tmp_path, model, opt, {"step": 0})
+    after = torch.rand(3, device="cuda")
+    torch.rand(5, device="cuda")  # move the generator on
+    load_checkpoint(tmp_path, model, opt)
+    assert torch.equal(torch.rand(3, device="cuda"), after)

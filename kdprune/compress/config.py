@@ -101,6 +101,7 @@ class TrainerContext:
     rank: int = 0
     world_size: int = 1
     device: str = "cpu"
+    precision: str = "auto"  # --precision: auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16 | fp16
     # Called on every rank at each evaluation ("rung") with metrics and, on rank 0, the
     # checkpoint directory holding everything needed to resume.
     report: Callable[[dict[str, Any], Path | None], None] | None = None
@@ -108,4 +109,5 @@ class TrainerContext:
     # and the interval's mean training stats (``train/loss_rnnt``, ``prune/lambda1``...).
     on_log: Callable[[int, dict[str, float]], None] | None = None
     resume_dir: Path | None = None  # checkpoint directory to resume from
-    wrap_model: Callable[[nn.Module], nn.Module] | None = None  # e.g. DDP
+    # e.g. DDP; a stage wraps only the parameters its loss trains (kdprune.compress.stage)
+    wrap_model: Callable[[nn.Module], nn.Module] | None = None

@@ -30,6 +30,7 @@ from kdprune.models.model_dir import save_model_dir
 from kdprune.prepare import prepare, teacher_dir_of
 from kdprune.pruning.budget import fit_to_budget, min_params
 from kdprune.pruning.materialise import materialise
+from kdprune.train.distributed import on_rank0
 from kdprune.utils import default_workdir, log, read_json, to_dict, write_json
 
 # An l0 run's materialised encoder keeps its budget to within this share of the teacher's
@@ -142,8 +143,15 @@ def compress(
     plain = run_stage(finetune, plain, replace(state, gated=False, lagrangian=None), env)
     plain.eval()
 
-    # rank 0 writes utterances_{dev,test}.jsonl beside metrics.json (the sweep logs them)
-    metrics = evaluate_student(plain, data, ctx.device, out if ctx.rank == 0 else None)
+    # Decoding and latency once, on rank 0 (every rank holds the same weights), which writes
+    # utterances_{dev,test}.jsonl beside metrics.json (the sweep logs them); every rank
+    # returns the metrics.
+    metrics = on_rank0(
+        lambda: evaluate_student(plain, data, ctx.device, out),
+        ctx.rank,
+        ctx.world_size,
+        ctx.device,
+    )
     metrics.update({"prune_steps": recipe.prune_steps, "finetune_steps": finetune.steps})
     metrics[TEST_UTTERANCES] = len(data.test.utts)  # every test utterance was decoded
     if cfg.method in ("l0", "small"):

@@ -1,13 +1,23 @@
 """One training stage of a compression run (pruning, or the mask-free fine-tune): the joint
 loss against the frozen teacher, an evaluation at every rung (reported to the host, with
-the checkpoint to resume from), and checkpoints under ``<ckpt>/<stage name>/``."""
+the checkpoint to resume from), and checkpoints under ``<ckpt>/<stage name>/``.
+
+Under DDP (`TrainerContext.wrap_model`) a stage wraps only what its loss trains: the
+student's parts without a gradient in this stage (`StudentLoss.idle_modules`: the RNN-T
+head during task-agnostic pruning) are frozen before the wrap and unfrozen after the
+stage, since DDP's reducer waits for a gradient of every parameter that requires one.
+A rung is evaluated on rank 0 and its metrics handed to every rank, which all report.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
+from torch import nn
 
 from kdprune.compress.config import TrainerContext
 from kdprune.compress.student import PruneState, StudentLoss
@@ -18,6 +28,7 @@ from kdprune.models.transducer import Transducer
 from kdprune.prepare import Prepared
 from kdprune.presets import CompressRecipe
 from kdprune.pruning.budget import eval_params, expected_params, param_groups
+from kdprune.train.distributed import on_rank0
 from kdprune.train.loop import fit
 from kdprune.train.memory import resolve_max_frames
 from kdprune.utils import log
@@ -53,6 +64,21 @@ def freeze(teacher: Transducer) -> None:
     teacher.eval()
 
 
+@contextmanager
+def frozen(modules: list[nn.Module]) -> Iterator[None]:
+    """`modules`' parameters need no gradient inside the block; afterwards each gets its
+    own requires_grad back (a frozen front end stays frozen)."""
+    params = [p for m in modules for p in m.parameters()]
+    before = [p.requires_grad for p in params]
+    for p in params:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p, flag in zip(params, before, strict=True):
+            p.requires_grad_(flag)
+
+
 def run_stage(stage: Stage, student: Transducer, state: PruneState, env: StageEnv) -> Transducer:
     """Train `student` for `stage.steps`, reporting at every evaluation; returns it
     (unwrapped)."""
@@ -63,6 +89,14 @@ def run_stage(stage: Stage, student: Transducer, state: PruneState, env: StageEn
     module = StudentLoss(
         student, teacher, state.lagrangian, stage.kd_weight, stage.use_asr, recipe.train.ctc_weight
     ).to(ctx.device)
+    with frozen(module.idle_modules()):
+        _train(stage, module, state, env)
+    return student
+
+
+def _train(stage: Stage, module: StudentLoss, state: PruneState, env: StageEnv) -> None:
+    """`run_stage`'s training: the optimiser over what trains, the DDP wrap, `fit`."""
+    ctx, recipe, teacher, student = env.ctx, env.recipe, env.teacher, module.student
     wrapped = ctx.wrap_model(module) if ctx.wrap_model else module
     groups = param_groups(
         module,
@@ -81,7 +115,12 @@ def run_stage(stage: Stage, student: Transducer, state: PruneState, env: StageEn
         return wrapped(batch, hidden, step)
 
     def evaluate(step: int) -> dict[str, float]:
-        m = rung_metrics(stage, student, state, env, step)
+        m = on_rank0(
+            lambda: rung_metrics(stage, student, state, env, step),
+            ctx.rank,
+            ctx.world_size,
+            ctx.device,
+        )
         log(
             f"[{stage.name}] step {step}/{stage.steps}: dev WER {100 * m['wer_dev']:.1f}%, "
             f"expected sparsity {m['expected_sparsity']:.3f}"
@@ -103,6 +142,7 @@ def run_stage(stage: Stage, student: Transducer, state: PruneState, env: StageEn
             lengths=env.data.train.num_frames,
             teacher=teacher.cfg,
             gated=state.gated,
+            precision=ctx.precision,
         ),
         ckpt_dir=env.ckpt / stage.name,
         evaluate=evaluate,
@@ -110,8 +150,8 @@ def run_stage(stage: Stage, student: Transducer, state: PruneState, env: StageEn
         rank=ctx.rank,
         world_size=ctx.world_size,
         device=ctx.device,
+        precision=ctx.precision,
     )
-    return student
 
 
 def rung_metrics(

@@ -25,6 +25,7 @@ from kdprune.pruning.budget import Lagrangian, lagrangian_step
 from kdprune.pruning.gates import PruneConfig, attach_gates
 from kdprune.pruning.lrf import factorise
 from kdprune.train.losses import asr_loss
+from kdprune.train.precision import full_precision
 
 
 @dataclass(kw_only=True)
@@ -87,6 +88,8 @@ class StudentLoss(nn.Module):
     """Student + KD projections + Lagrangian in one module, so DDP syncs all of them.
 
     forward -> (loss, stats): L = [L_rnnt + ctc_w L_ctc] + kd_weight L_kd + Lagrangian.
+    Under autocast the model runs in bf16/fp16; the KD distances and the Lagrangian (and,
+    in `asr_loss`, RNN-T and CTC) are computed in fp32.
     """
 
     def __init__(
@@ -108,6 +111,15 @@ class StudentLoss(nn.Module):
             else None
         )
 
+    def idle_modules(self) -> list[nn.Module]:
+        """The student's parts this loss gives no gradient: without the ASR loss
+        (sequential pruning) the predictor, joiner and CTC head; without CTC its head.
+        `run_stage` freezes them for the stage, so DDP wraps only what trains."""
+        s = self.student
+        if not self.use_asr:
+            return [s.predictor, s.joiner, s.ctc]
+        return [s.ctc] if self.ctc_weight <= 0 else []
+
     def forward(
         self, batch: Batch, teacher_hidden: tuple[torch.Tensor, ...] | None, step: int
     ) -> tuple[torch.Tensor, dict[str, float]]:
@@ -125,13 +137,20 @@ class StudentLoss(nn.Module):
             }
         else:
             enc = self.student.encode(batch.feats, batch.feat_lens, return_hidden=True)
+        fp32 = full_precision(batch.feats.device.type)
         if self.kd is not None:
             valid = lengths_to_mask(enc.lengths, enc.out.shape[1])
-            lkd = self.kd(enc.hidden, teacher_hidden, valid)
+            with fp32:
+                lkd = self.kd(
+                    tuple(h.float() for h in enc.hidden),
+                    tuple(h.float() for h in teacher_hidden),
+                    valid,
+                )
             loss = loss + self.kd_weight * lkd
             stats["train/loss_kd"] = float(lkd.detach())
         if self.lagrangian is not None:
-            lag = lagrangian_step(self.student, self.lagrangian, step)
+            with fp32:
+                lag = lagrangian_step(self.student, self.lagrangian, step)
             loss = loss + lag.loss
             stats |= lag.stats(self.lagrangian)
         return loss, stats

@@ -32,6 +32,7 @@ def masked_batch_norm(bn: nn.BatchNorm1d, h: torch.Tensor, valid: torch.Tensor) 
     padding changes neither the output nor the running statistics (eval: plain BN)."""
     if not bn.training:
         return bn(h)
+    h = h.float()  # statistics in fp32 under autocast (elementwise ops keep their dtype)
     m = valid[:, None, :].to(h.dtype)
     n = m.sum().clamp(min=2)
     mean = (h * m).sum((0, 2)) / n

@@ -49,9 +49,11 @@ class BestRq(nn.Module):
         b, t, f = x.shape
         need = t_out * s
         x = F.pad(x, (0, 0, 0, max(0, need - t)))[:, :need]
-        stacked = x.reshape(b, t_out, s * f)
-        z = F.normalize(stacked @ self.projection, dim=-1)
-        return (z @ self.codebook.T).argmax(-1)
+        stacked = x.reshape(b, t_out, s * f).float()
+        # The codebook lookup in fp32 under autocast: bf16 would flip near-tied targets.
+        with torch.autocast(x.device.type, enabled=False):
+            z = F.normalize(stacked @ self.projection, dim=-1)
+            return (z @ self.codebook.T).argmax(-1)
 
     def span_mask(self, b: int, t_out: int, gen: torch.Generator) -> torch.Tensor:
         starts = torch.rand(b, t_out, generator=gen) < self.cfg.mask_prob

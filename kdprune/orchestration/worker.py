@@ -191,8 +191,14 @@ def train_fn_per_worker(loop_config: dict[str, Any]) -> None:
     device = ray.train.torch.get_device()
     reporter = RungReporter(trial_id, rank, world, plan)
     checkpoint = ray.train.get_checkpoint()
+    if world > 1:
+        from kdprune.utils import log
+
+        log(f"trial {trial_id}: DDP rank {rank} of {world} on {device}")
 
     def wrap(model):
+        # Ray Train's DDP (gloo on the CPU, NCCL on CUDA); a stage wraps only the
+        # parameters its loss trains, so no unused-parameter search is needed.
         return ray.train.torch.prepare_model(model, move_to_device=False)
 
     with checkpoint.as_directory() if checkpoint is not None else nullcontext(None) as resume:

@@ -1,5 +1,9 @@
 """Resumable training checkpoints: atomic (temp file + rename), loaded with weights_only=True.
 
+A checkpoint holds the model, the optimiser, the loop's state and the RNG states (the CPU
+generator and, where CUDA is in use, every CUDA device's generator: HardConcrete samples,
+dropout and dynamic chunks drawn on the GPU continue as in an unbroken run).
+
 The previous checkpoint is replaced only after the new one is completely on disk, so a
 crash (or a full disk) while writing leaves the last good checkpoint loadable.
 """
@@ -35,6 +39,8 @@ def save_checkpoint(
             "numpy": torch.from_numpy(np.random.get_state()[1].astype(np.int64)),
         },
     }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        payload["rng"]["cuda"] = torch.cuda.get_rng_state_all()
     try:
         # A Python file object (not a path) keeps the OS error of a failed write reachable:
         # torch reports it as "unexpected pos 576 vs 534"; fsync before the rename so the
@@ -80,4 +86,7 @@ def load_checkpoint(
     if optimiser is not None:
         optimiser.load_state_dict(payload["optimiser"])
     torch.set_rng_state(payload["rng"]["torch"])
+    cuda_states = payload["rng"].get("cuda")
+    if cuda_states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(cuda_states[: torch.cuda.device_count()])
     return payload["state"]

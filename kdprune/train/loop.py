@@ -1,9 +1,10 @@
 """One readable training loop shared by pretrain, finetune and compress.
 
 The caller supplies `compute_loss(batch, step) -> (loss, stats)`; the loop owns the batch
-stream (a DataLoader, `kdprune.data.loader`), the LR schedule, gradient clipping,
-non-finite-loss skipping, periodic evaluation, checkpoint/resume and progress. Schedules
-are functions of the step.
+stream (a DataLoader, `kdprune.data.loader`), the LR schedule, mixed precision
+(`kdprune.train.precision`), gradient clipping, non-finite-loss skipping (decided by all
+DDP ranks together), periodic evaluation, checkpoint/resume and progress. Schedules are
+functions of the step.
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ from kdprune.data.features import FeatureSet
 from kdprune.data.loader import training_batches
 from kdprune.data.tokenizer import Tokenizer
 from kdprune.train.checkpoint import load_checkpoint, save_checkpoint
+from kdprune.train.distributed import all_finite
+from kdprune.train.precision import Amp
 from kdprune.utils import log
 
 
@@ -72,6 +75,53 @@ class FitResult:
     data_wait_s: float = 0.0  # time this call spent waiting for batches
 
 
+@dataclass
+class StepOut:
+    finite: bool  # False: the loss was not finite on some rank and no rank updated
+    loss: float  # this rank's loss
+    stats: dict[str, float]  # compute_loss's stats (+ grad_norm when the step was taken)
+
+
+def train_step(
+    compute_loss: Callable[[Batch, int], tuple[torch.Tensor, dict[str, float]]],
+    optimiser: torch.optim.Optimizer,
+    batch: Batch,
+    step: int,
+    cfg: TrainConfig,
+    amp: Amp,
+    world_size: int = 1,
+) -> StepOut:
+    """One optimiser step: the step's LRs, the loss under autocast, the all-rank
+    finiteness check, backward (scaled at fp16), clipping and the update.
+
+    Under DDP every rank calls this with its own batch: the backward all-reduces the
+    gradients, so every rank clips and applies the same averaged update.
+    """
+    for g in optimiser.param_groups:
+        g["lr"] = g["base_lr"] * (1.0 if g.get("constant_lr") else lr_factor(step, cfg))
+    with amp.autocast():
+        loss, stats = compute_loss(batch, step)
+    optimiser.zero_grad(set_to_none=True)
+    if not all_finite(loss, world_size):  # every rank skips, none waits in an all-reduce
+        return StepOut(False, float(loss.detach()), stats)
+    scaler = amp.scaler
+    if scaler is None:
+        loss.backward()
+    else:  # fp16: scale the loss so small gradients survive, unscale before clipping
+        scaler.scale(loss).backward()
+        scaler.unscale_(optimiser)
+    gnorm = nn.utils.clip_grad_norm_(
+        [p for g in optimiser.param_groups for p in g["params"] if not g.get("no_clip")],
+        cfg.grad_clip,
+    )
+    if scaler is None:
+        optimiser.step()
+    else:  # skips the update when the scaled gradients overflowed, then adapts the scale
+        scaler.step(optimiser)
+        scaler.update()
+    return StepOut(True, float(loss.detach()), {**stats, "grad_norm": float(gnorm)})
+
+
 def fit(
     model: nn.Module,
     compute_loss: Callable[[Batch, int], tuple[torch.Tensor, dict[str, float]]],
@@ -86,6 +136,7 @@ def fit(
     world_size: int = 1,
     device: str | torch.device = "cpu",
     data_workers: int | None = None,
+    precision: str = "auto",
 ) -> FitResult:
     """Train `model` for cfg.max_steps, resuming from `ckpt_dir` when it holds a checkpoint.
 
@@ -93,10 +144,14 @@ def fit(
     a DDP wrapper of it. Param groups keep their own base LR in group["base_lr"]; groups
     marked "constant_lr" (l0 gates, Lagrange multipliers) skip the warm-up/decay schedule.
     Batches come from `data_workers` DataLoader processes (None: 1 on CPU, more on CUDA).
+    `precision` (`kdprune.train.precision`; "auto": bf16 on CUDA, fp32 on the CPU) sets the
+    autocast dtype of `compute_loss`. With `world_size` > 1 the process group is set up and
+    `compute_loss` uses a DDP wrapper: the ranks skip non-finite losses together.
     """
     for g in optimiser.param_groups:
         g.setdefault("base_lr", g["lr"])
     step, history, skipped = 0, [], 0
+    amp = Amp.for_device(precision, device)
     state = None
     if ckpt_dir is not None:
         state = load_checkpoint(ckpt_dir, model, optimiser)
@@ -106,6 +161,8 @@ def fit(
                 state.get("history", []),
                 state.get("skipped", 0),
             )
+            if amp.scaler is not None and "scaler" in state:
+                amp.scaler.load_state_dict(state["scaler"])
             log(f"resumed from {ckpt_dir} at step {step}")
     t0 = time.time() - (state.get("wall_s", 0.0) if state is not None else 0.0)
     stats_sum: dict[str, float] = {}
@@ -133,28 +190,19 @@ def fit(
         t_wait = time.perf_counter()
         batch = next(batches)
         data_wait += time.perf_counter() - t_wait
-        for g in optimiser.param_groups:
-            g["lr"] = g["base_lr"] * (1.0 if g.get("constant_lr") else lr_factor(step, cfg))
-        loss, stats = compute_loss(batch, step)
-        if not torch.isfinite(loss):
+        out = train_step(compute_loss, optimiser, batch, step, cfg, amp, world_size)
+        if not out.finite:
             skipped += 1
             log(
-                f"step {step}: non-finite loss ({float(loss.detach())}), batch skipped ({skipped} so far)"
+                f"step {step}: non-finite loss (this rank: {out.loss}), batch skipped on "
+                f"every rank ({skipped} so far)"
             )
-            optimiser.zero_grad(set_to_none=True)
             if skipped > cfg.max_bad_steps:
                 raise NonFiniteLossError(f"{skipped} non-finite losses (limit {cfg.max_bad_steps})")
             step += 1
             continue
-        optimiser.zero_grad(set_to_none=True)
-        loss.backward()
-        gnorm = nn.utils.clip_grad_norm_(
-            [p for g in optimiser.param_groups for p in g["params"] if not g.get("no_clip")],
-            cfg.grad_clip,
-        )
-        optimiser.step()
         step += 1
-        stats = {**stats, "grad_norm": float(gnorm)}
+        stats = out.stats
         for k, v in stats.items():
             stats_sum[k] = stats_sum.get(k, 0.0) + float(v)
         n_sum += 1
@@ -187,7 +235,13 @@ def fit(
                 ckpt_dir,
                 model,
                 optimiser,
-                {"step": step, "history": history, "skipped": skipped, "wall_s": time.time() - t0},
+                {
+                    "step": step,
+                    "history": history,
+                    "skipped": skipped,
+                    "wall_s": time.time() - t0,
+                    **({"scaler": amp.scaler.state_dict()} if amp.scaler else {}),
+                },
             )
         if eval_due:
             history.append({"step": step, "wall_s": time.time() - t0, **evaluate(step)})
@@ -202,6 +256,7 @@ def fit(
                         "history": history,
                         "skipped": skipped,
                         "wall_s": time.time() - t0,
+                        **({"scaler": amp.scaler.state_dict()} if amp.scaler else {}),
                     },
                 )
         if out_of_time:
