@@ -44,13 +44,12 @@ from pathlib import Path
 import torch
 
 from kdprune.compress.config import CompressConfig, compress_recipe
-from kdprune.compress.stage import freeze
+from kdprune.compress.stage import freeze, stage_optimiser
 from kdprune.compress.student import StudentLoss, build_student
 from kdprune.data.feature_cache import open_cache
 from kdprune.data.features import FeatureSet, feature_cache_path, on_the_fly_features
 from kdprune.pipeline import SHIPPED_DEMO_TEACHER, resolve_manifests
 from kdprune.prepare import prepare
-from kdprune.pruning import param_groups
 from kdprune.train.loop import fit
 
 
@@ -89,14 +88,7 @@ def train_steps(workdir: Path, manifests: dict[str, Path], steps: int, workers: 
     student, state = build_student(cfg, teacher, recipe)
     freeze(teacher)
     module = StudentLoss(student, teacher, state.lagrangian, 1.0, True, recipe.train.ctc_weight)
-    groups = param_groups(
-        module,
-        state.lagrangian,
-        lr_weights=recipe.train.lr,
-        lr_gates=recipe.lr_gates,
-        lr_lambda=recipe.lr_lambda,
-    )
-    opt = torch.optim.AdamW(groups, lr=recipe.train.lr)
+    opt = stage_optimiser(module, state, recipe)
 
     def compute_loss(batch, step):
         with torch.no_grad():

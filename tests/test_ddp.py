@@ -26,7 +26,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from kdprune.compress import CompressConfig, TrainerContext, compress
 from kdprune.compress.config import compress_recipe
-from kdprune.compress.stage import freeze, frozen
+from kdprune.compress.stage import freeze, frozen, stage_optimiser
 from kdprune.compress.student import StudentLoss, build_student
 from kdprune.contract import METHODS, SCHEDULES
 from kdprune.data.batching import Batch, collate
@@ -34,7 +34,6 @@ from kdprune.data.features import FeatureSet
 from kdprune.data.manifest import Utterance
 from kdprune.models.model_dir import load_model_dir
 from kdprune.prepare import prepare
-from kdprune.pruning.budget import param_groups
 from kdprune.train.loop import TrainConfig, fit, train_step
 from kdprune.train.precision import Amp
 
@@ -159,14 +158,7 @@ def _setup(teacher_dir: Path):
     recipe = compress_recipe(cfg)
     student, state = build_student(cfg, teacher, recipe)
     module = StudentLoss(student, teacher, state.lagrangian, 1.0, True, recipe.train.ctc_weight)
-    groups = param_groups(
-        module,
-        state.lagrangian,
-        lr_weights=recipe.train.lr,
-        lr_gates=recipe.lr_gates,
-        lr_lambda=recipe.lr_lambda,
-    )
-    opt = torch.optim.AdamW(groups, lr=recipe.train.lr)
+    opt = stage_optimiser(module, state, recipe)
     for g in opt.param_groups:
         g["base_lr"] = g["lr"]
     module.train()

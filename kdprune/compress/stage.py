@@ -94,10 +94,11 @@ def run_stage(stage: Stage, student: Transducer, state: PruneState, env: StageEn
     return student
 
 
-def _train(stage: Stage, module: StudentLoss, state: PruneState, env: StageEnv) -> None:
-    """`run_stage`'s training: the optimiser over what trains, the DDP wrap, `fit`."""
-    ctx, recipe, teacher, student = env.ctx, env.recipe, env.teacher, module.student
-    wrapped = ctx.wrap_model(module) if ctx.wrap_model else module
+def stage_optimiser(
+    module: StudentLoss, state: PruneState, recipe: CompressRecipe
+) -> torch.optim.AdamW:
+    """AdamW over a stage's parameters: the weights at the recipe's LR, the l0 gates and
+    the Lagrange multipliers at theirs (`kdprune.pruning.budget.param_groups`)."""
     groups = param_groups(
         module,
         state.lagrangian,
@@ -105,7 +106,14 @@ def _train(stage: Stage, module: StudentLoss, state: PruneState, env: StageEnv) 
         lr_gates=recipe.lr_gates,
         lr_lambda=recipe.lr_lambda,
     )
-    opt = torch.optim.AdamW(groups, lr=recipe.train.lr)
+    return torch.optim.AdamW(groups, lr=recipe.train.lr)
+
+
+def _train(stage: Stage, module: StudentLoss, state: PruneState, env: StageEnv) -> None:
+    """`run_stage`'s training: the optimiser over what trains, the DDP wrap, `fit`."""
+    ctx, recipe, teacher, student = env.ctx, env.recipe, env.teacher, module.student
+    wrapped = ctx.wrap_model(module) if ctx.wrap_model else module
+    opt = stage_optimiser(module, state, recipe)
 
     def compute_loss(batch: Batch, step: int) -> tuple[torch.Tensor, dict[str, float]]:
         hidden = None

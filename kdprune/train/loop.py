@@ -230,35 +230,16 @@ def fit(
         )
         # Checkpoint before evaluating, so what an evaluation reports can be resumed from;
         # again after it, so the curve in the checkpoint includes that evaluation.
+        saved = {"step": step, "history": history, "skipped": skipped}
+        if amp.scaler:
+            saved["scaler"] = amp.scaler.state_dict()
         if save_due:
-            save_checkpoint(
-                ckpt_dir,
-                model,
-                optimiser,
-                {
-                    "step": step,
-                    "history": history,
-                    "skipped": skipped,
-                    "wall_s": time.time() - t0,
-                    **({"scaler": amp.scaler.state_dict()} if amp.scaler else {}),
-                },
-            )
+            save_checkpoint(ckpt_dir, model, optimiser, {**saved, "wall_s": time.time() - t0})
         if eval_due:
             history.append({"step": step, "wall_s": time.time() - t0, **evaluate(step)})
             model.train()
             if save_due:
-                save_checkpoint(
-                    ckpt_dir,
-                    model,
-                    optimiser,
-                    {
-                        "step": step,
-                        "history": history,
-                        "skipped": skipped,
-                        "wall_s": time.time() - t0,
-                        **({"scaler": amp.scaler.state_dict()} if amp.scaler else {}),
-                    },
-                )
+                save_checkpoint(ckpt_dir, model, optimiser, {**saved, "wall_s": time.time() - t0})
         if out_of_time:
             log(f"wall-clock budget of {cfg.max_minutes} min reached at step {step}")
             break
