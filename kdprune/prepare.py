@@ -18,6 +18,7 @@ import torch
 from kdprune.data.features import FeatureSet, load_features
 from kdprune.data.synth_config import SPLITS
 from kdprune.data.tokenizer import Tokenizer
+from kdprune.device import resolve_device
 from kdprune.models.model_dir import LoadedModel, load_model_dir
 from kdprune.pipeline import finetune, resolve_manifests
 
@@ -57,7 +58,7 @@ def prepare(
     workdir: Path,
     teacher: Path | str | None = None,
     manifests: dict[str, Path] | None = None,
-    device: str | torch.device = "cpu",
+    device: str | torch.device = "auto",
 ) -> Prepared:
     """The teacher, its tokenizer and the train/dev/rung/test feature sets.
 
@@ -65,6 +66,7 @@ def prepare(
     corpus (synthesised on first use).
     """
     workdir = Path(workdir).resolve()
+    device = resolve_device(device)  # "auto": CUDA when available
     teacher_dir = teacher_dir_of(preset, workdir, teacher, manifests, device)
     loaded = load_model_dir(teacher_dir, device)
     manifests = resolve_manifests(preset, workdir, manifests)

@@ -100,7 +100,7 @@ class TrainerContext:
 
     rank: int = 0
     world_size: int = 1
-    device: str = "cpu"
+    device: str = "auto"  # --device: auto (CUDA when available) | cpu | cuda[:N]
     precision: str = "auto"  # --precision: auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16 | fp16
     # Called on every rank at each evaluation ("rung") with metrics and, on rank 0, the
     # checkpoint directory holding everything needed to resume.

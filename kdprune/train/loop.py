@@ -134,7 +134,7 @@ def fit(
     on_log: Callable[[int, dict[str, float]], None] | None = None,
     rank: int = 0,
     world_size: int = 1,
-    device: str | torch.device = "cpu",
+    device: str | torch.device | None = None,
     data_workers: int | None = None,
     precision: str = "auto",
 ) -> FitResult:
@@ -147,7 +147,10 @@ def fit(
     `precision` (`kdprune.train.precision`; "auto": bf16 on CUDA, fp32 on the CPU) sets the
     autocast dtype of `compute_loss`. With `world_size` > 1 the process group is set up and
     `compute_loss` uses a DDP wrapper: the ranks skip non-finite losses together.
+    Batches go to `device` (None: where the model's parameters are).
     """
+    if device is None:
+        device = next(model.parameters()).device
     for g in optimiser.param_groups:
         g.setdefault("base_lr", g["lr"])
     step, history, skipped = 0, [], 0
