@@ -14,6 +14,7 @@ from torch import nn
 from kdprune.contract import METHODS, SCHEDULES, manifest_field, manifest_selection
 from kdprune.data.selection import data_key
 from kdprune.data.synth_config import SPLITS
+from kdprune.device import resolve_device
 from kdprune.presets import CompressRecipe, check_preset, get_preset
 from kdprune.utils import config_hash, to_dict
 
@@ -111,3 +112,6 @@ class TrainerContext:
     resume_dir: Path | None = None  # checkpoint directory to resume from
     # e.g. DDP; a stage wraps only the parameters its loss trains (kdprune.compress.stage)
     wrap_model: Callable[[nn.Module], nn.Module] | None = None
+
+    def __post_init__(self) -> None:
+        self.device = str(resolve_device(self.device))  # "auto": CUDA when available

@@ -26,7 +26,6 @@ from kdprune.compress.stage import Stage, StageEnv, run_stage
 from kdprune.compress.student import build_student, evaluate_student
 from kdprune.contract import PARAM_DATA, TEST_UTTERANCES
 from kdprune.data.selection import check_coverage, check_manifests, data_digest
-from kdprune.device import resolve_device
 from kdprune.models.model_dir import save_model_dir
 from kdprune.prepare import prepare, teacher_dir_of
 from kdprune.pruning.budget import fit_to_budget, min_params
@@ -55,8 +54,7 @@ def compress(
     as it is; an interrupted one resumes from its checkpoints (or `ctx.resume_dir`).
     """
     check_compress_config(cfg)
-    ctx = ctx or TrainerContext()
-    ctx = replace(ctx, device=str(resolve_device(ctx.device)))  # "auto" -> cuda / cpu
+    ctx = ctx or TrainerContext()  # its device is resolved ("auto" -> cuda / cpu)
     workdir = Path(workdir or default_workdir()).resolve()
     manifests = cfg.manifests  # None: the preset's generated corpus
     if manifests:
