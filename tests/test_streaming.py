@@ -9,7 +9,8 @@ from kdprune.models.streaming import StreamingEncoder
 
 
 @pytest.mark.parametrize(
-    "subsampling,chunk,left,piece", [(4, 4, 2, 13), (8, 3, 1, 7), (4, 5, -1, 50), (4, 2, 0, 9)]
+    "subsampling,chunk,left,piece",
+    [(4, 4, 2, 13), (8, 3, 1, 7), (4, 5, -1, 50), (4, 2, 0, 9), (4, 2, 4, 9)],
 )
 def test_streaming_equals_masked_full_sequence(subsampling, chunk, left, piece):
     torch.manual_seed(0)

@@ -80,10 +80,11 @@ class StreamingEncoder:
                 k_pos = torch.arange(self.pos + t - kv.shape[1], self.pos + t, device=x.device)
                 allowed = torch.ones(1, t, kv.shape[1], dtype=torch.bool, device=x.device)
                 x = x + layer.attn.attend(xn, kv, allowed, q_pos, k_pos)
+                # max(0, ...): a start below 0 would count from the end and drop context.
                 self.attn_cache[i] = (
                     kv
                     if self.cfg.left_chunks < 0
-                    else kv[:, kv.shape[1] - cache_len :]
+                    else kv[:, max(0, kv.shape[1] - cache_len) :]
                     if cache_len
                     else None
                 )
