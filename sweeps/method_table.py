@@ -19,6 +19,8 @@ Usage:
     .venv/bin/python sweeps/method_table.py --train-manifest train.jsonl \
         --dev-manifest dev.jsonl --test-manifest test.jsonl      # your corpus
     .venv/bin/python sweeps/method_table.py --resume             # after the driver died
+    .venv/bin/python sweeps/method_table.py --seeds 0 --extra sequential \
+        --rows "l0+KD sequential"            # one missing cell; the report pools it in
     .venv/bin/kdprune report --experiment method_table
 """
 
@@ -56,14 +58,37 @@ def rows(extra: tuple[str, ...] | list[str] = ()) -> list[dict[str, Any]]:
     return out
 
 
+def select(all_rows: list[dict[str, Any]], names: list[str] | None) -> list[dict[str, Any]]:
+    """The rows named in ``names`` (their report labels, e.g. ``l0+KD sequential``; case
+    and spacing ignored), all when ``names`` is empty; unknown names are refused."""
+    from kdprune.analysis.pareto import row_label
+
+    if not names:
+        return all_rows
+    norm = lambda s: " ".join(s.lower().split())  # noqa: E731
+    labels = {norm(row_label(r)): r for r in all_rows}
+    unknown = [n for n in names if norm(n) not in labels]
+    if unknown:
+        raise SystemExit(
+            f"--rows: unknown row(s) {unknown}; with these --extra the rows are "
+            f"{[row_label(r) for r in all_rows]}"
+        )
+    return [labels[norm(n)] for n in names]
+
+
 def grid(
-    budget: float, rank_ratio: float, seeds: list[int], extra: tuple[str, ...] | list[str] = ()
+    budget: float,
+    rank_ratio: float,
+    seeds: list[int],
+    extra: tuple[str, ...] | list[str] = (),
+    only: list[str] | None = None,
 ) -> tuple[dict[str, Any], ...]:
-    """One config per row and seed, all at ``budget`` (LRF at ``rank_ratio``)."""
+    """One config per row and seed, all at ``budget`` (LRF at ``rank_ratio``); ``only``:
+    just the rows of these report labels."""
     return tuple(
         {"target_sparsity": budget, "rank_ratio": rank_ratio, "seed": seed, **row}
         for seed in seeds
-        for row in rows(extra)
+        for row in select(rows(extra), only)
     )
 
 
@@ -73,6 +98,9 @@ def add_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="default: 0 1 2")
     p.add_argument("--extra", nargs="*", default=[], choices=EXTRAS,
                    help="sequential: l0+KD sequential; streaming: the streaming rows")  # fmt: skip
+    p.add_argument("--rows", nargs="+", default=None, metavar="LABEL",
+                   help="only these rows, by report label (e.g. 'l0+KD sequential'): fill "
+                        "missing cells; the report pools cells of compatible grid runs")  # fmt: skip
 
 
 def method_grid(args: argparse.Namespace, cfg: SweepConfig) -> tuple[dict[str, Any], ...]:
@@ -87,9 +115,10 @@ def method_grid(args: argparse.Namespace, cfg: SweepConfig) -> tuple[dict[str, A
     cfg = cfg.resolved()
     teacher = sweep_teacher(cfg, cfg.manifests)
     ratio = rank_ratio_for_sparsity(load_model_dir(teacher).model, args.budget)
-    points = grid(args.budget, ratio, args.seeds, args.extra)
+    chosen = select(rows(args.extra), args.rows)
+    points = grid(args.budget, ratio, args.seeds, args.extra, args.rows)
     log(
-        f"method table: {len(points)} trials ({len(rows(args.extra))} rows x seeds "
+        f"method table: {len(points)} trials ({len(chosen)} rows x seeds "
         f"{args.seeds}), {args.budget:.0%} of the encoder removed (LRF rank ratio {ratio:.3f})"
     )
     return points

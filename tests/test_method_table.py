@@ -10,7 +10,7 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
-from fakes import make_synthetic_grid
+from fakes import GRID_ROWS, make_synthetic_grid
 from mlflow import MlflowClient
 
 from kdprune.analysis.bootstrap import compare_pooled, pool_seeds
@@ -141,3 +141,44 @@ def test_report_of_a_search_sweep_has_no_method_table(tmp_path):
     assert "method_table_csv" not in result
     # no per-utterance artefacts in this fake: the knee comparison has no interval
     assert all(d["low"] is None for d in result.get("knee_deltas", []))
+
+
+def test_a_later_grid_run_fills_cells_of_the_same_set_up_only(tmp_path):
+    """`sweeps/method_table.py --rows ... --seeds ...` fills a missing cell: the table pools
+    grid runs of one set-up (newest run per row and seed), never one at another budget."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    rows = tuple(r for r in GRID_ROWS if r.get("schedule") != "sequential")
+    first = make_synthetic_grid(uri, "mt", WERS, rows=rows)
+    seq = ({"method": "l0", "kd_weight": 1.0, "schedule": "sequential"},)
+    fill = make_synthetic_grid(uri, "mt", WERS, rows=seq)
+    table = load_method_table("mt", uri)
+    assert table.parent_run_ids == [fill["parent_run_id"], first["parent_run_id"]]
+    counts = dict(zip(table.rows["row"], table.rows["seeds"], strict=True))
+    assert counts["l0+KD sequential"] == 3 and counts["l0+KD"] == 3
+    assert any("Cells from 2 grid sweep runs" in n for n in table.notes)
+    joint = table.deltas.set_index(["comparison", "split"]).loc[("joint vs sequential", "test")]
+    assert joint["utterances"] == 200 and not np.isnan(joint["low"])
+
+    other = make_synthetic_grid(uri, "mt", WERS, rows=seq, seeds=(0,), budget=0.7)
+    table = load_method_table("mt", uri)  # the newest run is at another budget: alone
+    assert table.parent_run_ids == [other["parent_run_id"]]
+    assert list(table.rows["row"]) == ["l0+KD sequential"]
+    assert any("2 other run(s)" in n for n in table.notes)
+
+
+def test_rows_flag_picks_rows_by_report_label_and_refuses_unknown_ones():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "sweeps" / "method_table.py"
+    spec = importlib.util.spec_from_file_location("method_table_sweep", path)
+    sweep = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(sweep)
+    points = sweep.grid(0.5, 0.33, [0, 2], ["sequential"], ["L0+KD  sequential"])
+    assert [(p["method"], p["schedule"], p["seed"]) for p in points] == [
+        ("l0", "sequential", 0),
+        ("l0", "sequential", 2),
+    ]
+    assert len(sweep.grid(0.5, 0.33, [0], ["sequential"])) == 6
+    with pytest.raises(SystemExit, match="unknown row"):
+        sweep.grid(0.5, 0.33, [0], [], ["l0+KD sequential"])  # needs --extra sequential

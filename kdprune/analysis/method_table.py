@@ -60,6 +60,7 @@ class MethodTable:
     deltas: pd.DataFrame
     parent_run_id: str | None = None
     notes: list[str] = field(default_factory=list)
+    parent_run_ids: list[str] = field(default_factory=list)  # every grid run pooled, newest first
 
 
 def with_rows(df: pd.DataFrame) -> pd.DataFrame:
@@ -231,14 +232,41 @@ def method_table(
     return MethodTable(rows, out, parent_run_id, notes)
 
 
-def grid_parent(client: Any, df: pd.DataFrame) -> str | None:
-    """The newest parent run among ``df``'s that is tagged as a fixed-grid sweep."""
-    best, newest = None, -1
+GRID_SAME = ("preset", "steps", "teacher_dir", "data")  # parent params pooled runs share
+BUDGET_KNOBS = ("target_sparsity", "rank_ratio")  # one value each across pooled cells
+
+
+def grid_parents(client: Any, df: pd.DataFrame) -> list[str]:
+    """The fixed-grid parent runs among ``df``'s whose cells make one table, newest first:
+    the newest grid run, and every older one with the same preset, steps, teacher and data
+    (parent params) and the same budget (its children's target sparsity and rank ratio).
+    A later run that fills missing cells (``sweeps/method_table.py --rows ... --seeds ...``)
+    or reruns some thus joins the table; a run at another budget or on another teacher
+    does not."""
+    grids = []
     for pid in df["parent_run_id"].dropna().unique() if "parent_run_id" in df else []:
         run = client.get_run(pid)
-        if run.data.tags.get(TAG_SWEEP_KIND) == SWEEP_GRID and run.info.start_time > newest:
-            best, newest = pid, run.info.start_time
-    return best
+        if run.data.tags.get(TAG_SWEEP_KIND) == SWEEP_GRID:
+            grids.append((run.info.start_time, pid, {k: run.data.params.get(k) for k in GRID_SAME}))
+    if not grids:
+        return []
+    grids.sort(key=lambda g: g[0], reverse=True)
+
+    def knob_values(pids: list[str]) -> dict[str, set]:
+        sub = df[df["parent_run_id"].isin(pids)]
+        return {
+            k: {round(float(v), 6) for v in pd.to_numeric(sub[k], errors="coerce").dropna()}
+            if k in sub
+            else set()
+            for k in BUDGET_KNOBS
+        }
+
+    _, newest, same = grids[0]
+    chosen = [newest]
+    for _, pid, params in grids[1:]:
+        if params == same and all(len(v) <= 1 for v in knob_values([*chosen, pid]).values()):
+            chosen.append(pid)
+    return chosen
 
 
 def load_method_table(
@@ -247,8 +275,10 @@ def load_method_table(
     df: pd.DataFrame | None = None,
     **kw: Any,
 ) -> MethodTable | None:
-    """The method table of the experiment's newest fixed-grid sweep run, or None when it
-    has none. ``df``: its `load_trials` frame, when already loaded."""
+    """The method table of the experiment's newest fixed-grid sweep run, with the cells of
+    older grid runs of the same set-up (`grid_parents`; per row and seed the newest
+    finished run), or None when it has no grid run. ``df``: its `load_trials` frame, when
+    already loaded."""
     from mlflow import MlflowClient
 
     from kdprune.analysis.loading import load_trials
@@ -256,16 +286,27 @@ def load_method_table(
     uri = resolve_tracking_uri(tracking_uri)
     df = load_trials(experiment, uri) if df is None else df
     client = MlflowClient(tracking_uri=uri)
-    parent = grid_parent(client, df) if len(df) else None
-    if parent is None:
+    parents = grid_parents(client, df) if len(df) else []
+    if not parents:
         return None
     with tempfile.TemporaryDirectory(prefix="kdprune-utts-") as tmp:
-        sub = df[df["parent_run_id"] == parent]
-        table = method_table(sub, mlflow_utterances(client, tmp), parent_run_id=parent, **kw)
-    others = df["parent_run_id"].nunique() - 1
+        sub = df[df["parent_run_id"].isin(parents)]
+        load = mlflow_utterances(client, tmp)
+        table = method_table(sub, load, parent_run_id=parents[0], **kw)
+    table.parent_run_ids[:] = parents
+    if len(parents) > 1 and len(table.rows):
+        cells = with_rows(sub)["parent_run_id"].value_counts()
+        table.notes.append(
+            f"Cells from {len(parents)} grid sweep runs of one set-up (same preset, steps, "
+            "teacher, data and budget; per row and seed the newest finished run): "
+            + ", ".join(f"`{p}` ({int(cells.get(p, 0))} cells)" for p in parents)
+            + "."
+        )
+    others = df["parent_run_id"].nunique() - len(parents)
     if others:
         table.notes.append(
-            f"Newest grid sweep run only ({parent}); {others} other run(s) left out."
+            f"{others} other run(s) of this experiment (another set-up, or not a grid "
+            "sweep) left out."
         )
     return table
 

@@ -371,11 +371,13 @@ def _grid_lines(grid) -> list[str]:
         return []
     from kdprune.analysis.method_table import markdown
 
+    runs = ", ".join(f"`{p}`" for p in grid.parent_run_ids or [grid.parent_run_id])
     return [
         "## Method table",
         "",
-        f"Fixed-grid sweep run `{grid.parent_run_id}`: every row at one parameter budget, "
-        "one run per seed. As data: `method_table.csv`, `method_deltas.csv`.",
+        f"Fixed-grid sweep run{'s' if len(runs) > 1 else ''} {runs}: every row at one "
+        "parameter budget, one run per seed. As data: `method_table.csv`, "
+        "`method_deltas.csv`.",
         "",
         markdown(grid),
     ]
