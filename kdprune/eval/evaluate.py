@@ -14,7 +14,7 @@ from kdprune.data.features import FeatureSet, on_the_fly_features
 from kdprune.data.tokenizer import Tokenizer
 from kdprune.device import model_device, resolve_device
 from kdprune.eval.decode import beam_decode, greedy_decode
-from kdprune.eval.latency import measure_latency
+from kdprune.eval.latency import PROTOCOL, LatencyProtocol, measure_latency
 from kdprune.eval.wer import corpus_wer, edit_distance
 from kdprune.models.transducer import Transducer
 from kdprune.utils import atomic_write_text, log
@@ -90,11 +90,13 @@ def model_latency(
     fs: FeatureSet,
     tok: Tokenizer,
     device: str | torch.device | None = None,
-    max_utts: int = 40,
-    threads: int | None = None,
+    max_utts: int | None = None,
+    protocol: LatencyProtocol = PROTOCOL,
 ) -> dict[str, float]:
     """End-to-end latency at batch 1 (normalise + encode + greedy decode) on up to
-    `max_utts` utterances spread over the set.
+    `max_utts` (default: the protocol's) utterances spread over the set, by `protocol`
+    (`kdprune.eval.latency`: threads, warm-up, best of repeats, the node's exclusive lock),
+    which the result records.
 
     Latency is measured on the device the model will run on: `device` is where the model
     already is (None: taken from its parameters; a model elsewhere is an error, not moved,
@@ -107,6 +109,7 @@ def model_latency(
     device = where if device is None else torch.device(device)
     if (device.type, device.index or 0) != (where.type, where.index or 0):
         raise ValueError(f"latency asked on {device}, but the model is on {where}: move it first")
+    max_utts = max_utts or protocol.utterances
     step = max(1, len(fs.utts) // max_utts)
     picks = list(range(0, len(fs.utts), step))[:max_utts]
     feats = [fs[i].float()[None].to(device) for i in picks]
@@ -117,11 +120,22 @@ def model_latency(
         enc = model.encode(f, torch.tensor([f.shape[1]], device=device))
         greedy_decode(model, enc.out, enc.lengths)
 
-    lat = measure_latency(run, durs, device, threads=threads)
+    lat = measure_latency(
+        run,
+        durs,
+        device,
+        warmup=protocol.warmup,
+        threads=protocol.threads,
+        repeats=protocol.repeats,
+        exclusive=protocol.exclusive,
+    )
     return {
         "latency_ms_per_audio_s": lat.ms_per_audio_s,
         "rtf": lat.rtf,
         "latency_threads": lat.threads,
+        "latency_batch": 1,
+        "latency_audio_s": round(lat.audio_s, 3),
+        "latency_repeats": lat.repeats,
     }
 
 
@@ -138,7 +152,7 @@ def evaluate(
     beam: int = 1,
     output: Path | None = None,
     fs: FeatureSet | None = None,
-    latency_utts: int = 40,
+    latency_utts: int | None = None,
     streaming: bool = False,
 ) -> dict[str, Any]:
     """The `kdprune evaluate` result: WER, params, latency, device. The model is moved to

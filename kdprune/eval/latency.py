@@ -1,21 +1,49 @@
-"""Latency: wall-clock per second of audio at batch 1, with warm-up and fixed threads."""
+"""Latency: wall-clock per second of audio, by one protocol everywhere (`LatencyProtocol`).
+
+`kdprune evaluate`, a fine-tuned teacher's and a compressed student's ``metrics.json``
+and every sweep trial time the same way, and record the protocol with the figure
+(``latency_threads``, ``latency_batch``, ``latency_audio_s``, ``latency_repeats``): batch
+1, a fixed number of torch threads, warm-up calls, each utterance timed ``repeats`` times
+and its best time kept (the noise of a shared machine only ever adds time), all under the
+node's exclusive latency lock (`kdprune.eval.latency_lock`), which pauses the training
+steps of the other trials on the node at their next step boundary.
+"""
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
 
+from kdprune.eval import latency_lock
+
+
+@dataclass(frozen=True)
+class LatencyProtocol:
+    """How a latency figure is taken (recorded beside it)."""
+
+    threads: int = 1  # torch intra-op threads while timing (a sweep trial's one core)
+    utterances: int = 20  # test utterances timed, spread over the set, batch 1
+    warmup: int = 2  # untimed calls first (allocator, kernels, caches)
+    repeats: int = 3  # timed runs of each utterance; the best one counts
+    exclusive: bool = True  # hold the node's latency lock (pauses other trials' steps)
+
+
+PROTOCOL = LatencyProtocol()
+
 
 @dataclass
 class Latency:
-    ms_per_audio_s: float  # mean wall-clock milliseconds per second of audio
+    ms_per_audio_s: float  # wall-clock milliseconds per second of audio (best of repeats)
     rtf: float  # real-time factor = processing time / audio duration
     device: str
     threads: int
-    runs: int
+    runs: int  # utterances timed
+    audio_s: float = 0.0  # seconds of audio timed (once)
+    repeats: int = 1
 
 
 def sync(device: torch.device | str) -> None:
@@ -29,26 +57,33 @@ def measure_latency(
     device: torch.device | str,
     warmup: int = 2,
     threads: int | None = None,
+    repeats: int = 1,
+    exclusive: bool = False,
 ) -> Latency:
-    """Time `run_one(i)` for each utterance i (batch 1) under inference mode.
+    """Time `run_one(i)` for each utterance i (batch 1) under inference mode: the best of
+    ``repeats`` runs of each, summed over the utterances.
 
-    The first `warmup` calls are untimed (allocator, kernels, caches); CUDA is synchronised
-    around each timed call so queued kernels are counted.
+    The first `warmup` calls are untimed; CUDA is synchronised around each timed call so
+    queued kernels are counted. ``exclusive``: under the node's latency lock.
     """
     prev_threads = torch.get_num_threads()
     if threads is not None:
         torch.set_num_threads(threads)
+    lock = latency_lock.exclusive() if exclusive else nullcontext()
     try:
-        with torch.inference_mode():
+        with lock, torch.inference_mode():
             for i in range(min(warmup, len(durations_s))):
                 run_one(i)
             sync(device)
             total = 0.0
             for i in range(len(durations_s)):
-                t0 = time.perf_counter()
-                run_one(i)
-                sync(device)
-                total += time.perf_counter() - t0
+                best = float("inf")
+                for _ in range(max(1, repeats)):
+                    t0 = time.perf_counter()
+                    run_one(i)
+                    sync(device)
+                    best = min(best, time.perf_counter() - t0)
+                total += best
         audio = sum(durations_s)
         return Latency(
             1000 * total / audio,
@@ -56,6 +91,8 @@ def measure_latency(
             str(device),
             torch.get_num_threads(),
             len(durations_s),
+            audio,
+            max(1, repeats),
         )
     finally:
         torch.set_num_threads(prev_threads)

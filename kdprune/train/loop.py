@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,7 @@ from kdprune.data.batching import Batch
 from kdprune.data.features import FeatureSet
 from kdprune.data.loader import training_batches
 from kdprune.data.tokenizer import Tokenizer
+from kdprune.eval import latency_lock
 from kdprune.train.checkpoint import load_checkpoint, save_checkpoint
 from kdprune.train.distributed import all_finite
 from kdprune.train.precision import Amp
@@ -189,11 +191,15 @@ def fit(
         workers=data_workers,
     )
     data_wait = 0.0
+    pause = latency_lock.shared if rank == 0 else nullcontext
     while step < cfg.max_steps:
         t_wait = time.perf_counter()
         batch = next(batches)
         data_wait += time.perf_counter() - t_wait
-        out = train_step(compute_loss, optimiser, batch, step, cfg, amp, world_size)
+        # a latency measurement on this node pauses rank 0 here (the other ranks wait for
+        # it in the step's all-reduce, holding no lock: no cycle), kdprune.eval.latency_lock
+        with pause():
+            out = train_step(compute_loss, optimiser, batch, step, cfg, amp, world_size)
         if not out.finite:
             skipped += 1
             log(
@@ -239,7 +245,8 @@ def fit(
         if save_due:
             save_checkpoint(ckpt_dir, model, optimiser, {**saved, "wall_s": time.time() - t0})
         if eval_due:
-            history.append({"step": step, "wall_s": time.time() - t0, **evaluate(step)})
+            with pause():
+                history.append({"step": step, "wall_s": time.time() - t0, **evaluate(step)})
             model.train()
             if save_due:
                 save_checkpoint(ckpt_dir, model, optimiser, {**saved, "wall_s": time.time() - t0})
