@@ -14,7 +14,7 @@ def chunk_attention_mask(t: int, chunk_size: int, left_chunks: int, device=None)
     q, k = idx[:, None], idx[None, :]
     allowed = k <= q
     if left_chunks >= 0:
-        allowed &= k >= q - left_chunks
+        allowed = allowed & (k >= q - left_chunks)  # not in place: ONNX has no &=
     return allowed
 
 
