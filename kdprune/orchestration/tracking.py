@@ -18,6 +18,7 @@ Every name is `kdprune.contract`'s.
 from __future__ import annotations
 
 import math
+import re
 import sqlite3
 import time
 import urllib.error
@@ -282,6 +283,19 @@ class SweepTracker:
         self.client.set_terminated(run_id, "FINISHED")
         return "finished"
 
+    def mark_interrupted(self, parent_id: str) -> int:
+        """A stopped sweep (SIGINT, SIGTERM): its parent and every child still RUNNING are
+        KILLED; a resume reopens them (`parent_run`, `child_run`). Returns the children
+        marked. Idempotent: called as the signal arrives and again once Tune stopped."""
+        runs = self.client.search_runs(
+            [self.experiment_id],
+            f"tags.`{TAG_PARENT}` = '{parent_id}' AND attributes.status = 'RUNNING'",
+        )
+        for run in runs:
+            self.client.set_terminated(run.info.run_id, "KILLED")
+        self.client.set_terminated(parent_id, "KILLED")
+        return len(runs)
+
     def update_front(
         self, parent_id: str, objectives: tuple[str, ...], reference_point: tuple[float, ...]
     ) -> dict[str, Any]:
@@ -394,4 +408,8 @@ class MlflowSweepCallback(Callback):
             err = trial.get_error()
         except Exception:  # the error file may be missing or unreadable
             err = None
+        if isinstance(err, str):  # the error file's text: its innermost exception line
+            lines = [ln.strip() for ln in err.splitlines() if "Error" in ln or "Exception" in ln]
+            line = lines[-1] if lines else err.strip()
+            return re.sub(r"^[\w.]+\.(\w+: )", r"\1", line)[:2000]  # TrialFailed: ...
         return failure_reason(err) if err is not None else ""
