@@ -3,10 +3,14 @@
 - P3: Ray Train step time / plain-loop step time, 1 worker, the same demo-preset RNN-T
   and batch, the same torch threads (goal <= 1.10); plain and Ray rounds interleaved,
   medians compared (the machine may be busy).
-- trial_overhead: fixed wall time of one sweep trial (Tune trial driver + Train controller
-  + worker group + teardown) with a trainer that does no work (bench/cheap_trainer.py),
-  for Ray Train's defaults and for kdprune's (`worker.TRAIN_ENV_DEFAULTS`), so what the
-  defaults cut is measured.
+- trial_overhead (P8, goal <= 15 s): fixed wall time of one 1-worker sweep trial with a
+  trainer that does no work (bench/cheap_trainer.py), its MLflow child run included, for
+  each way to run it, in one run: a Train worker group with Ray Train's defaults, with
+  kdprune's (`worker.TRAIN_ENV_DEFAULTS`), and in the Tune function (kdprune's default,
+  `TrialPlan.in_process`). Each splits into start -> first report (process, imports,
+  controller, worker group, process group) and first report -> done (final report,
+  checkpoint-free teardown); beside them the first import of torch + kdprune.compress in
+  a fresh interpreter, what every new worker process pays.
 - early_stopping: the same sweep of the cheap trainer (fixed configs, through
   `run_sweep(trainer=...)`) with and without the multi-objective rung stopping: summed
   trial time and the Pareto front of each.
@@ -172,10 +176,23 @@ class _Clock:
         return Clock()
 
 
-def overhead_variant(name: str, train_env: tuple, trials: int, storage: str) -> dict:
+def _mlflow_callback(storage: str, name: str):
+    """The sweep's MLflow callback on a sqlite store under ``storage`` (a parent run of
+    its own), so each trial pays for its child run as in a sweep."""
+    from kdprune.contract import LATENCY
+    from kdprune.orchestration.tracking import MlflowSweepCallback, SweepTracker
+
+    uri = f"sqlite:///{storage}/mlflow.db"
+    parent = SweepTracker(uri, "overhead", name).parent_run({})
+    return MlflowSweepCallback(uri, "overhead", name, parent, ("wer_dev", LATENCY), (1.0, 1e3))
+
+
+def overhead_variant(
+    name: str, train_env: tuple, trials: int, storage: str, worker_group: bool = True
+) -> dict:
     from ray import tune
 
-    from kdprune.orchestration.worker import TrialPlan, run_trial
+    from kdprune.orchestration.worker import TrialPlan, run_trial, trial_resources
 
     plan = TrialPlan(
         run_name=f"overhead-{name}",
@@ -184,16 +201,20 @@ def overhead_variant(name: str, train_env: tuple, trials: int, storage: str) -> 
         teacher_dir="",
         trainer=cheap_compress,
         train_env=train_env,
+        worker_group=worker_group,
     )
     clock = _Clock()
-    space = {"method": "l0", "kd_weight": 0.0, "steps": 1, "preset": "tiny"}
+    space = {"method": "l0", "target_sparsity": 0.5, "kd_weight": 0.0, "steps": 1, "preset": "tiny"}
     t0 = time.perf_counter()
     tune.Tuner(
-        tune.with_resources(tune.with_parameters(run_trial, plan=plan), {"cpu": 1}),
+        tune.with_resources(tune.with_parameters(run_trial, plan=plan), trial_resources(plan, 1.0)),
         param_space={**space, "seed": tune.grid_search(list(range(trials)))},
         tune_config=tune.TuneConfig(max_concurrent_trials=1, reuse_actors=False),
         run_config=tune.RunConfig(
-            name=plan.run_name, storage_path=storage, callbacks=[clock], verbose=0
+            name=plan.run_name,
+            storage_path=storage,
+            callbacks=[clock, _mlflow_callback(storage, plan.run_name)],
+            verbose=0,
         ),
     ).fit()
     total = time.perf_counter() - t0
@@ -203,30 +224,43 @@ def overhead_variant(name: str, train_env: tuple, trials: int, storage: str) -> 
         "mean_trial_s": sum(walls) / len(walls),
         "median_trial_s": walls[len(walls) // 2],
         "mean_start_to_first_report_s": sum(firsts) / len(firsts),
+        "mean_first_report_to_done_s": sum(walls) / len(walls) - sum(firsts) / len(firsts),
         "sweep_s_per_trial": total / trials,
     }
+
+
+def fresh_import_s() -> float:
+    """Seconds a new Python process takes to import torch and kdprune.compress."""
+    code = "import time; t=time.perf_counter(); import torch, kdprune.compress; print(time.perf_counter()-t)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return float(out.stdout.strip().splitlines()[-1])
 
 
 def bench_overhead(trials: int, storage: str) -> None:
     from kdprune.orchestration.worker import TRAIN_ENV_DEFAULTS
 
-    key = "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"
-    health = (key, TRAIN_ENV_DEFAULTS[key])
-    variants = {
-        "ray_defaults": (),
-        "health_check_only": (health,),
-        "kdprune_defaults": tuple(TRAIN_ENV_DEFAULTS.items()),
+    out = {
+        "worker_group_ray_defaults": overhead_variant("ray", (), trials, storage),
+        "worker_group_kdprune_env": overhead_variant(
+            "env", tuple(TRAIN_ENV_DEFAULTS.items()), trials, storage
+        ),
+        "in_process": overhead_variant("inproc", (), trials, storage, worker_group=False),
     }
-    out = {name: overhead_variant(name, env, trials, storage) for name, env in variants.items()}
+    before = out["worker_group_kdprune_env"]["mean_trial_s"]
     emit(
         "trial_overhead",
-        out["kdprune_defaults"]["mean_trial_s"],
-        None,
+        out["in_process"]["mean_trial_s"],
+        15,
         "s/trial",
+        before_s=before,
+        ratio_after_before=out["in_process"]["mean_trial_s"] / before,
         trials_per_variant=trials,
         variants=out,
+        import_torch_kdprune_s=fresh_import_s(),
         kdprune_env=dict(TRAIN_ENV_DEFAULTS),
-        note="trainer does 1 step: the wall time is the fixed cost of a 1-worker trial",
+        load=os.getloadavg(),
+        note="trainer does 1 step: the wall time is the fixed cost of a 1-worker trial; "
+        "in_process is kdprune's default for 1-worker trials",
     )
 
 

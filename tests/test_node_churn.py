@@ -169,6 +169,7 @@ def test_node_joins_and_dies_mid_sweep(tmp_path, ray_cluster):
     workdir = tmp_path / "work"
     env = {**ray_cluster.env, "RAY_ADDRESS": ray_cluster.address}
     env.update(KDPRUNE_WORKDIR=str(workdir), PYTHONUNBUFFERED="1")
+    env["KDPRUNE_TRIAL_WORKER_GROUP"] = "1"  # 1-worker trials in a Train worker group, too
     trials = 5
     args = [*harness.SYNTH_ARGS, "--trials", str(trials), "--max-concurrent", "2"]
     args += ["--no-early-stopping", "--name", "churn"]

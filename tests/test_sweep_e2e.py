@@ -68,6 +68,8 @@ def test_killed_mid_trial_resumes_from_checkpoint(tmp_path, victim):
     The trial's driver (the Tune function, owner of the Train run) killed: Tune restarts
     the trial, whose Train run restores itself by name; the MLflow run is reused."""
     env = sweep_env(tmp_path / "work", KDPRUNE_SYNTHETIC_STEP_S="0.25")
+    if victim == "RayTrainWorker":  # a 1-worker trial trains in its Tune function otherwise
+        env["KDPRUNE_TRIAL_WORKER_GROUP"] = "1"
     args = [*SYNTH_ARGS, "--trials", "1", "--no-early-stopping"]
     proc = start_sweep(SYNTH, args, env, tmp_path / "sweep")
     killed = None

@@ -152,7 +152,7 @@ def build_tuner(run: SweepRun, teacher_dir: str, resume: bool, trainer: Trainer)
     from kdprune.orchestration.search import build_searcher
     from kdprune.orchestration.space import SearchSpace
     from kdprune.orchestration.tracking import MlflowSweepCallback
-    from kdprune.orchestration.worker import TrialPlan, run_trial
+    from kdprune.orchestration.worker import TrialPlan, run_trial, trial_resources
 
     cfg = run.config
     rule = StoppingRule(eta=cfg.eta, min_peers=cfg.min_peers)
@@ -175,7 +175,7 @@ def build_tuner(run: SweepRun, teacher_dir: str, resume: bool, trainer: Trainer)
         namespace=ray.get_runtime_context().namespace,
         rule=rule,
     )
-    resources = {"cpu": cfg.driver_cpus}
+    resources = trial_resources(plan, cfg.driver_cpus)
     trainable = tune.with_resources(tune.with_parameters(run_trial, plan=plan), resources)
     exp_path = f"{cfg.storage.rstrip('/')}/{run.run_name}"
     if resume and tune.Tuner.can_restore(exp_path):
@@ -236,6 +236,8 @@ def build_tuner(run: SweepRun, teacher_dir: str, resume: bool, trainer: Trainer)
             # MLflow is where results are read (TUNE_DISABLE_AUTO_CALLBACK_LOGGERS=1).
             callbacks=[callback, CSVLoggerCallback(), JsonLoggerCallback()],
             failure_config=tune.FailureConfig(max_failures=cfg.trial_failures),
+            # checkpoints of trials that train in their Tune function (1 worker), as Train keeps
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
             verbose=0,
         ),
     )

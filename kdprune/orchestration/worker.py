@@ -1,4 +1,5 @@
-"""One sweep trial = one Ray Train run, driven from a Ray Tune function trainable.
+"""One sweep trial = one Ray Train run, driven from a Ray Tune function trainable; a
+1-worker trial runs the same trainer in the Tune function itself (`in_process`).
 
 `run_trial` (the Tune trainable) turns the trial's config into a `CompressConfig` dict and
 fits one `TorchTrainer` named after the Tune trial id, so a restarted trial (driver crash,
@@ -9,11 +10,13 @@ checkpoint to Ray Train (and through `TuneReportCallback` to Tune) and applies t
 multi-objective rung decision, and its log callback forwards the training loop's means at
 each log interval (``train/loss_rnnt``, ``prune/lambda1``...) the same way, so they reach
 Tune's results and the trial's MLflow run. Ray Train keeps rank 0's report of each.
-A trial ends with a result carrying ``final=True`` plus either the final metrics,
-``stopped_early=True`` or (an invalid config, never retried) ``failed=<reason>``: the
-searcher and MLflow read that flag. A Train run that fails (its worker restarts used up)
-errors the trial instead, with `TrialFailed`: MLflow records the reason (child FAILED),
-and ``--resume`` reruns the trial from its last checkpoint in the same MLflow run.
+A 1-worker trial skips the Train controller and worker group (seconds of fixed cost per
+trial, bench/orchestration.py ``trial_overhead``): `run_trial` calls the same `_train`
+with a `TuneSession`, so reports, checkpoints, early stopping and resume go through
+`ray.tune.report` / `ray.tune.get_checkpoint`, and a crash is retried by Tune
+(``trial_failures``) from the last checkpoint instead of by Train (``worker_failures``).
+A trial always ends with a result carrying ``final=True`` plus either the final metrics,
+``stopped_early=True`` or ``failed=<reason>``: the searcher and MLflow read that flag.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +46,13 @@ TRAIN_ENV_DEFAULTS = {
     "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0",
     "RAY_TRAIN_METRICS_ENABLED": "0",
 }
+# Set to 1 on the sweep's driver: 1-worker trials run in a Ray Train worker group too (the
+# fault tests of that path; the 2-worker path always uses one).
+WORKER_GROUP_ENV = "KDPRUNE_TRIAL_WORKER_GROUP"
+
+
+def _worker_group_wanted() -> bool:
+    return os.environ.get(WORKER_GROUP_ENV, "") == "1"
 
 
 @dataclass(frozen=True)
@@ -63,9 +73,61 @@ class TrialPlan:
     namespace: str = ""
     rule: StoppingRule | None = None
     train_env: tuple[tuple[str, str], ...] = tuple(TRAIN_ENV_DEFAULTS.items())
+    # decided on the driver (read there from $KDPRUNE_TRIAL_WORKER_GROUP), shipped to trials
+    worker_group: bool = field(default_factory=_worker_group_wanted)
 
     def trial_out_dir(self, trial_id: str) -> Path:
         return Path(self.workdir) / "sweeps" / self.run_name / "trials" / trial_id
+
+    @property
+    def in_process(self) -> bool:
+        """The trial trains in its Tune function, without a Train worker group."""
+        return self.num_workers == 1 and not self.worker_group
+
+
+def trial_resources(plan: TrialPlan, driver_cpus: float) -> dict[str, float]:
+    """What the Tune function of a trial reserves: the driver's CPUs, or, when it trains
+    itself (`TrialPlan.in_process`), one worker's CPUs and GPU (the larger CPU figure)."""
+    if not plan.in_process:
+        return {"cpu": driver_cpus}
+    out = {"cpu": max(driver_cpus, plan.cpus_per_worker)}
+    if plan.use_gpu:
+        out["gpu"] = plan.gpus_per_worker
+    return out
+
+
+class TrainSession:
+    """Ray Train's report and checkpoint calls (a worker of a Train run)."""
+
+    @staticmethod
+    def report(metrics: dict[str, Any], ckpt_dir: Path | None = None) -> None:
+        import ray.train
+
+        ckpt = None if ckpt_dir is None else ray.train.Checkpoint.from_directory(str(ckpt_dir))
+        ray.train.report(metrics, checkpoint=ckpt)
+
+    @staticmethod
+    def get_checkpoint():
+        import ray.train
+
+        return ray.train.get_checkpoint()
+
+
+class TuneSession:
+    """Ray Tune's report and checkpoint calls (a Tune function training by itself)."""
+
+    @staticmethod
+    def report(metrics: dict[str, Any], ckpt_dir: Path | None = None) -> None:
+        import ray.tune
+
+        ckpt = None if ckpt_dir is None else ray.tune.Checkpoint.from_directory(str(ckpt_dir))
+        ray.tune.report(metrics, checkpoint=ckpt)
+
+    @staticmethod
+    def get_checkpoint():
+        import ray.tune
+
+        return ray.tune.get_checkpoint()
 
 
 def _scalar_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
@@ -97,29 +159,24 @@ def failure_reason(exc: BaseException, limit: int = 2000) -> str:
     return msg[:limit]
 
 
-class TrialFailed(RuntimeError):
-    """A trial's Train run failed for good; its message is the one-line reason."""
-
-
 class RungReporter:
     """The `TrainerContext.report` of one worker: Ray Train report + rung decision."""
 
-    def __init__(self, trial_id: str, rank: int, world_size: int, plan: TrialPlan) -> None:
+    def __init__(
+        self, trial_id: str, rank: int, world_size: int, plan: TrialPlan, session=TrainSession
+    ) -> None:
         self.trial_id, self.rank, self.world_size, self.plan = trial_id, rank, world_size, plan
+        self.session = session
         self.last: dict[str, Any] = {}
         self.count = 0
         self._store = None
 
     def __call__(self, metrics: dict[str, Any], ckpt_dir: Path | None) -> None:
-        import ray.train
-
         clean = _scalar_metrics(metrics)
         self.count += 1
         clean["rung"] = self.count
-        checkpoint = None
-        if ckpt_dir is not None and self.rank == 0 and Path(ckpt_dir).exists():
-            checkpoint = ray.train.Checkpoint.from_directory(str(ckpt_dir))
-        ray.train.report(clean, checkpoint=checkpoint)
+        keep = ckpt_dir is not None and self.rank == 0 and Path(ckpt_dir).exists()
+        self.session.report(clean, ckpt_dir if keep else None)
         self.last = clean
         if self.plan.stopper and self._decide(clean):
             raise StopTrial(f"dominated at step {clean.get('step')}")
@@ -145,9 +202,7 @@ class RungReporter:
         """`TrainerContext.on_log`: reports `step_metrics` (called on every rank at the
         same steps, as Ray Train's report requires; Train keeps rank 0's). Not a rung: no
         early-stopping decision, no checkpoint."""
-        import ray.train
-
-        ray.train.report(step_metrics(step, stats))
+        self.session.report(step_metrics(step, stats))
 
     def _get_store(self):
         if self._store is None:
@@ -180,43 +235,33 @@ def _quiet_report_lines() -> None:
     logging.getLogger(context.__file__).setLevel(logging.WARNING)
 
 
-def train_fn_per_worker(loop_config: dict[str, Any]) -> None:
-    """Ray Train worker: dict -> CompressConfig -> `compress` with a TrainerContext."""
-    import ray.train
-    import ray.train.torch
-
+def _train(
+    cfg_dict: dict[str, Any],
+    trial_id: str,
+    plan: TrialPlan,
+    session,
+    rank: int = 0,
+    world: int = 1,
+    device: str = "auto",
+    wrap: Callable | None = None,
+) -> None:
+    """One trial's training on one rank: dict -> CompressConfig -> `plan.trainer` with a
+    TrainerContext reporting through ``session``; ends with the final report."""
     from kdprune.compress import CompressConfig, TrainerContext
     from kdprune.utils import from_dict
 
-    _quiet_report_lines()
-
-    plan: TrialPlan = loop_config["plan"]
-    trial_id = loop_config["trial_id"]
-    tctx = ray.train.get_context()
-    rank, world = tctx.get_world_rank(), tctx.get_world_size()
-    cfg = from_dict(CompressConfig, loop_config["compress"])
-    device = ray.train.torch.get_device()
-    reporter = RungReporter(trial_id, rank, world, plan)
-    checkpoint = ray.train.get_checkpoint()
-    if world > 1:
-        from kdprune.utils import log
-
-        log(f"trial {trial_id}: DDP rank {rank} of {world} on {device}")
-
-    def wrap(model):
-        # Ray Train's DDP (gloo on the CPU, NCCL on CUDA); a stage wraps only the
-        # parameters its loss trains, so no unused-parameter search is needed.
-        return ray.train.torch.prepare_model(model, move_to_device=False)
-
+    cfg = from_dict(CompressConfig, cfg_dict)
+    reporter = RungReporter(trial_id, rank, world, plan, session)
+    checkpoint = session.get_checkpoint()
     with checkpoint.as_directory() if checkpoint is not None else nullcontext(None) as resume:
         ctx = TrainerContext(
             rank=rank,
             world_size=world,
-            device=str(device),
+            device=device,
             report=reporter,
             on_log=reporter.on_log,
             resume_dir=Path(resume) if resume else None,
-            wrap_model=wrap if world > 1 else None,
+            wrap_model=wrap,
         )
         try:
             result = plan.trainer(
@@ -227,21 +272,53 @@ def train_fn_per_worker(loop_config: dict[str, Any]) -> None:
                 ctx,
             )
         except StopTrial:
-            ray.train.report({**reporter.last, "final": True, "stopped_early": True})
+            session.report({**reporter.last, "final": True, "stopped_early": True})
             return
     final = _scalar_metrics(result)
     final.update(final=True, stopped_early=False, rung=reporter.count + 1)
     if "step" not in final and "step" in reporter.last:
         final["step"] = reporter.last["step"]
-    ray.train.report(final)
+    session.report(final)
+
+
+def train_fn_per_worker(loop_config: dict[str, Any]) -> None:
+    """Ray Train worker: `_train` on this rank, DDP-wrapped when there are several."""
+    import ray.train
+    import ray.train.torch
+
+    _quiet_report_lines()
+
+    plan: TrialPlan = loop_config["plan"]
+    trial_id = loop_config["trial_id"]
+    tctx = ray.train.get_context()
+    rank, world = tctx.get_world_rank(), tctx.get_world_size()
+    device = ray.train.torch.get_device()
+    if world > 1:
+        from kdprune.utils import log
+
+        log(f"trial {trial_id}: DDP rank {rank} of {world} on {device}")
+
+    def wrap(model):
+        # Ray Train's DDP (gloo on the CPU, NCCL on CUDA); a stage wraps only the
+        # parameters its loss trains, so no unused-parameter search is needed.
+        return ray.train.torch.prepare_model(model, move_to_device=False)
+
+    _train(
+        loop_config["compress"],
+        trial_id,
+        plan,
+        TrainSession,
+        rank,
+        world,
+        str(device),
+        wrap if world > 1 else None,
+    )
 
 
 def run_trial(config: dict[str, Any], plan: TrialPlan) -> None:
-    """Ray Tune function trainable: build and fit one TorchTrainer for this trial."""
-    import ray.train
+    """Ray Tune function trainable: train here (`TrialPlan.in_process`), or build and fit
+    one TorchTrainer for this trial."""
     import ray.tune
-    from ray.train.torch import TorchTrainer
-    from ray.tune.integration.ray_train import TuneReportCallback
 
     from kdprune.compress import CompressConfig, check_compress_config
     from kdprune.orchestration.space import compress_dict
@@ -256,6 +333,13 @@ def run_trial(config: dict[str, Any], plan: TrialPlan) -> None:
     except (TypeError, ValueError) as exc:  # deterministic: do not retry, record it
         ray.tune.report({"final": True, "failed": f"invalid config: {exc}"})
         return
+    if plan.in_process:  # the GPU (if any) is the one Tune gave this process
+        _train(cfg, trial_id, plan, TuneSession, device="cuda" if plan.use_gpu else "cpu")
+        return
+    import ray.train
+    from ray.train.torch import TorchTrainer
+    from ray.tune.integration.ray_train import TuneReportCallback
+
     resources = {"CPU": plan.cpus_per_worker}
     if plan.use_gpu:
         resources["GPU"] = plan.gpus_per_worker
@@ -283,6 +367,4 @@ def run_trial(config: dict[str, Any], plan: TrialPlan) -> None:
     try:
         trainer.fit()
     except ray.train.TrainingFailedError as exc:  # Train's own retries are used up
-        # An error, not a final result: Tune retries the trial (trial_failures), then marks
-        # it ERROR, which `--resume` (resume_errored) reruns; an OOM kill is not final.
-        raise TrialFailed(failure_reason(exc)) from exc
+        ray.tune.report({"final": True, "failed": failure_reason(exc)})
