@@ -15,8 +15,11 @@ trial, bench/orchestration.py ``trial_overhead``): `run_trial` calls the same `_
 with a `TuneSession`, so reports, checkpoints, early stopping and resume go through
 `ray.tune.report` / `ray.tune.get_checkpoint`, and a crash is retried by Tune
 (``trial_failures``) from the last checkpoint instead of by Train (``worker_failures``).
-A trial always ends with a result carrying ``final=True`` plus either the final metrics,
-``stopped_early=True`` or ``failed=<reason>``: the searcher and MLflow read that flag.
+A trial ends with a result carrying ``final=True`` plus either the final metrics,
+``stopped_early=True`` or (an invalid config, never retried) ``failed=<reason>``: the
+searcher and MLflow read that flag. A Train run that fails (its worker restarts used up)
+errors the trial instead, with `TrialFailed`: MLflow records the reason (child FAILED),
+and ``--resume`` reruns the trial from its last checkpoint in the same MLflow run.
 """
 
 from __future__ import annotations
@@ -157,6 +160,10 @@ def failure_reason(exc: BaseException, limit: int = 2000) -> str:
     tail = [ln for ln in lines if "Error" in ln or "Exception" in ln]
     msg = f"{type(exc).__name__}: " + (tail[-1].strip() if tail else (lines[-1] if lines else ""))
     return msg[:limit]
+
+
+class TrialFailed(RuntimeError):
+    """A trial's Train run failed for good; its message is the one-line reason."""
 
 
 class RungReporter:
@@ -367,4 +374,6 @@ def run_trial(config: dict[str, Any], plan: TrialPlan) -> None:
     try:
         trainer.fit()
     except ray.train.TrainingFailedError as exc:  # Train's own retries are used up
-        ray.tune.report({"final": True, "failed": failure_reason(exc)})
+        # An error, not a final result: Tune retries the trial (trial_failures), then marks
+        # it ERROR, which `--resume` (resume_errored) reruns; an OOM kill is not final.
+        raise TrialFailed(failure_reason(exc)) from exc
