@@ -59,6 +59,27 @@ from search_report import (  # noqa: E402
 )
 
 MEASURE = "P5"
+ENDS = "+ends"  # an arm suffix: the sampler after a start at the front's ends (`front_ends`)
+
+
+def front_ends(space: Any) -> list[dict[str, Any]]:
+    """A budget-stratified start: each method's knob range cut into 3 strata, the centres
+    of the two outer ones first (the smallest then the largest model of every method:
+    the ends of a size-vs-WER front), with the space's largest KD weight."""
+    from kdprune.contract import method_knob
+
+    points = []
+    for frac_small in (5 / 6, 1 / 6):  # of the knob's range: the smallest models first
+        for method in space.methods:
+            knob = method_knob(method)
+            if knob is None:
+                continue
+            lo, hi = getattr(space, knob)
+            # l0's knob removes (more = smaller), LRF's keeps (more = larger).
+            frac = frac_small if knob == "target_sparsity" else 1 - frac_small
+            point = {"method": method, knob: lo + frac * (hi - lo)}
+            points.append({**point, "kd_weight": max(space.kd_weights)})
+    return points
 
 
 def make_bench_sampler(name: str, seed: int):
@@ -68,6 +89,7 @@ def make_bench_sampler(name: str, seed: int):
 
     if name == RANDOM:
         return optuna.samplers.RandomSampler(seed=seed)
+    name = name.removesuffix(ENDS)
     from kdprune.orchestration.config import SweepConfig
     from kdprune.orchestration.search import make_sampler
 
@@ -110,10 +132,13 @@ def run_study(
     rule = StoppingRule(eta=sweep.eta, min_peers=sweep.min_peers)
     stopping = sampler != RANDOM and sweep.early_stopping
     records = RungRecords(rule) if stopping else None
-    define = SearchSpace(space or SpaceConfig(), preset, seed, steps, manifest_fields(manifests))
+    space = space or SpaceConfig()
+    define = SearchSpace(space, preset, seed, steps, manifest_fields(manifests))
     study = optuna.create_study(
         directions=["minimize"] * len(objectives), sampler=make_bench_sampler(sampler, seed)
     )
+    for point in front_ends(space) if sampler.endswith(ENDS) else []:
+        study.enqueue_trial(point)  # as the sweep's initial_points (points_to_evaluate)
     runs_dir = ledger.path.parent
     trials: list[dict[str, Any]] = []
     spent = 0.0
@@ -316,9 +341,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-trials", type=int, default=1000, help="trial cap per study")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument(
-        "--samplers", nargs="+", choices=(*SAMPLERS, RANDOM), default=["nsga2", RANDOM],
+        "--samplers", nargs="+", choices=(*SAMPLERS, *(s + ENDS for s in SAMPLERS), RANDOM),
+        default=["nsga2", RANDOM],
         help="the first non-random one is the headline (default: nsga2, the sweep default); "
-        "every non-random one uses the sweep's early stopping",
+        f"every non-random one uses the sweep's early stopping; '{ENDS}': after a start at "
+        "the front's ends (front_ends)",
     )  # fmt: skip
     ap.add_argument("--preset", choices=PRESETS, default="tiny")
     ap.add_argument("--objectives", default="wer_dev,params", help="comma-separated, minimised")

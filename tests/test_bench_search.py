@@ -106,3 +106,30 @@ def test_search_benchmark_at_equal_compute(bench, tiny_workdir, tiny_teacher, tm
     want = hypervolume_at(rand[:1], 60 * budget, ref)  # ... so only the 1st one counts
     assert line["details"]["samplers"]["random"]["final_hypervolume"] == [pytest.approx(want)]
     assert line["details"]["samplers"]["random"]["trials_within_budget"] == 1
+
+
+def test_front_ends_start_is_asked_first(bench):
+    import optuna
+
+    from kdprune.orchestration.config import SpaceConfig
+    from kdprune.orchestration.space import SearchSpace
+
+    space = SpaceConfig(methods=("l0", "lrf"), kd_weights=(0.0, 1.0))
+    points = bench.front_ends(space)
+    # The smallest model of each method first, then the largest; inside the ranges.
+    assert [(p["method"], p["kd_weight"]) for p in points] == [
+        ("l0", 1.0), ("lrf", 1.0), ("l0", 1.0), ("lrf", 1.0)
+    ]  # fmt: skip
+    assert points[0]["target_sparsity"] > points[2]["target_sparsity"]
+    assert points[1]["rank_ratio"] < points[3]["rank_ratio"]
+    study = optuna.create_study(
+        directions=["minimize"] * 2, sampler=bench.make_bench_sampler("nsga2+ends", 0)
+    )
+    for p in points:
+        study.enqueue_trial(p)
+    define = SearchSpace(space, "tiny")
+    for p in points:  # the define-by-run space takes the enqueued values
+        trial = study.ask()
+        define(trial)
+        assert trial.params == p
+        study.tell(trial, [1.0, 1.0])
