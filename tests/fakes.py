@@ -8,7 +8,8 @@ signature, and a made-up sweep written to a real MLflow store.
   over the steps (`rung_values`), so rung values predict final ones. Rung reports carry
   ``train/resumed_from_step`` (0 unless resumed from a checkpoint). Environment:
   ``KDPRUNE_SYNTHETIC_STEP_S`` adds a sleep per step (to kill a trial mid-way),
-  ``KDPRUNE_SYNTHETIC_FAIL`` makes a method raise (``lrf`` -> every lrf trial fails).
+  ``KDPRUNE_SYNTHETIC_FAIL`` makes a method raise (``lrf`` -> every lrf trial fails),
+  ``KDPRUNE_SYNTHETIC_FAIL_RANK=<rank>:<step>`` makes one DDP rank raise at that step.
 - `data_compress`: `synthetic_compress` that first loads real data: every utterance of
   the manifest ``$KDPRUNE_TEST_MANIFEST`` decoded and turned into log-mel features (no
   cache, as a trial on a fresh node would), kept while it trains; adds
@@ -130,6 +131,8 @@ def synthetic_compress(
         loss.backward()
         opt.step()
         step += 1
+        if os.environ.get("KDPRUNE_SYNTHETIC_FAIL_RANK") == f"{ctx.rank}:{step}":
+            raise RuntimeError(f"synthetic failure of rank {ctx.rank} at step {step}")
         if step_sleep:
             time.sleep(step_sleep)
         if step % RUNG_EVERY == 0 or step == steps:
