@@ -12,8 +12,8 @@ stop ends the run by `StopTrial` as it does on a Ray Train worker. A stopped tri
 its CPU time up to that rung.
 
 The ledger (``ledger.json`` beside the run folders) keeps, per config hash
-(`compress.run_key`), the final result, the full CPU cost and, per rung, the rung point
-and the CPU time spent up to it. A config met again (the two arms share their seeded
+(`compress.run_key`), the final result (none for a stopped run), the CPU cost and, per
+rung, the rung point and the CPU time spent up to it. A config met again (the two arms share their seeded
 random start-up trials) is not retrained: it is replayed from the ledger, rung by rung
 through the same stopping records, and charged exactly what it cost (the full cost, or
 the cost up to the rung that stops it). Partial runs are never resumed: a run folder not
@@ -42,8 +42,9 @@ def cpu_seconds() -> float:
 
 
 class Ledger:
-    """Finished runs by config hash: ``{"result", "cpu_s", "rungs": [[step, point|None,
-    cpu_s_at_rung], ...]}``, persisted to ``path`` after each new entry."""
+    """Runs by config hash: ``{"result", "cpu_s", "rungs": [[step, point|None,
+    cpu_s_at_rung], ...]}`` (``result`` None: stopped at its last rung), persisted to
+    ``path`` after each new entry."""
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
@@ -54,7 +55,7 @@ class Ledger:
     def get(self, key: str) -> dict[str, Any] | None:
         return self.entries.get(key)
 
-    def put(self, key: str, result: dict[str, Any], cpu_s: float, rungs: list) -> None:
+    def put(self, key: str, result: dict[str, Any] | None, cpu_s: float, rungs: list) -> None:
         self.entries[key] = {"result": result, "cpu_s": cpu_s, "rungs": rungs}
         self.path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_text(self.path, json.dumps(self.entries, sort_keys=True))
@@ -78,13 +79,16 @@ class TrialCost:
         return {**self.result, "final": True}
 
 
-def replay(entry: dict[str, Any], trial_id: str, records: RungRecords | None) -> TrialCost:
+def replay(entry: dict[str, Any], trial_id: str, records: RungRecords | None) -> TrialCost | None:
     """A ledger entry as a new trial: its rungs go through ``records`` (None: no early
-    stopping) in order; the first stop ends it at the CPU cost up to that rung."""
+    stopping) in order; the first stop ends it at the CPU cost up to that rung. None when
+    the entry is a stopped run (no result) that this time is not stopped: train it."""
     rungs = [list(r) for r in entry["rungs"]]
     for step, point, cpu_at in rungs:
         if records is not None and point is not None and records.decide(trial_id, step, point):
             return TrialCost({}, float(cpu_at), stopped_at=int(step), cached=True, rungs=rungs)
+    if entry["result"] is None:
+        return None
     return TrialCost(dict(entry["result"]), float(entry["cpu_s"]), cached=True, rungs=rungs)
 
 
@@ -106,8 +110,9 @@ def run_budgeted_trial(
     from kdprune.utils import log
 
     entry = ledger.get(key)
-    if entry is not None:
-        return replay(entry, trial_id, records)
+    again = replay(entry, trial_id, records) if entry is not None else None
+    if again is not None:
+        return again
     out = runs_dir / key
     shutil.rmtree(out, ignore_errors=True)  # never resume a partial run (free compute)
     rungs: list = []
@@ -126,7 +131,10 @@ def run_budgeted_trial(
         result = compress(cfg, workdir, out, teacher_dir, ctx)
     except StopTrial:
         shutil.rmtree(out, ignore_errors=True)
-        return TrialCost({}, cpu_seconds() - c0, stopped_at=rungs[-1][0], rungs=rungs)
+        cost = cpu_seconds() - c0
+        if entry is None:  # a stopped run: its rungs, replayed if met again
+            ledger.put(key, None, round(cost, 3), rungs)
+        return TrialCost({}, cost, stopped_at=rungs[-1][0], rungs=rungs)
     except Exception as exc:  # a failed trial counts towards the budget, adds nothing
         log(f"trial {trial_id} failed: {exc!r}")
         return TrialCost({"failed": repr(exc)[:500]}, cpu_seconds() - c0, error=True, rungs=rungs)

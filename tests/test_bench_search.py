@@ -41,6 +41,10 @@ def test_replay_charges_the_cost_up_to_the_stopping_rung(tmp_path):
     assert cost.tune_result() == {"final": True, "stopped_early": True}
     free = replay(entry, "u", RungRecords(StoppingRule()))  # no peers: never stopped
     assert (free.stopped_at, free.cpu_s, free.result["wer_dev"]) == (None, 9.0, 0.3)
+    # A stopped run: replayed when stopped again at its rung, trained when not.
+    ledger.put("s", None, 3.0, rungs[:1])
+    assert replay(ledger.get("s"), "v", records).cpu_s == 3.0
+    assert replay(ledger.get("s"), "w", None) is None
 
 
 def test_search_benchmark_at_equal_compute(bench, tiny_workdir, tiny_teacher, tmp_path, capsys):
