@@ -26,6 +26,7 @@ from kdprune.compress.stage import Stage, StageEnv, run_stage
 from kdprune.compress.student import build_student, evaluate_student
 from kdprune.contract import PARAM_DATA, TEST_UTTERANCES
 from kdprune.data.selection import check_coverage, check_manifests, data_digest
+from kdprune.models.digest import model_dir_digest
 from kdprune.models.model_dir import save_model_dir
 from kdprune.prepare import prepare, teacher_dir_of
 from kdprune.pruning.budget import fit_to_budget, min_params
@@ -50,8 +51,9 @@ def compress(
     `teacher_dir`: the teacher (default: the preset's, built and cached under `workdir`,
     on the user's corpus when `cfg` names one). The user's corpus and the teacher's
     tokenizer are checked before anything is trained or written (`kdprune.data.selection`).
-    A finished run in `out_dir` (default: named by the config and teacher) is returned
-    as it is; an interrupted one resumes from its checkpoints (or `ctx.resume_dir`).
+    A finished run in `out_dir` (default: named by the config, the teacher's path and its
+    content, `model_dir_digest`) is returned as it is; an interrupted one resumes from its
+    checkpoints (or `ctx.resume_dir`).
     """
     check_compress_config(cfg)
     ctx = ctx or TrainerContext()  # its device is resolved ("auto" -> cuda / cpu)
@@ -62,10 +64,12 @@ def compress(
     teacher_dir = teacher_dir_of(cfg.preset, workdir, teacher_dir, manifests, device=ctx.device)
     if manifests:
         check_coverage(teacher_dir, manifests)
+    # The teacher by path and content: a teacher changed or rebuilt since is a new run.
+    teacher_key = f"{teacher_dir}@{model_dir_digest(teacher_dir)}"
     out = (
         Path(out_dir).resolve()
         if out_dir
-        else workdir / "compress" / f"{cfg.preset}-{run_key(cfg, teacher_dir)}"
+        else workdir / "compress" / f"{cfg.preset}-{run_key(cfg, teacher_key)}"
     )
     if (out / "model" / "config.json").exists() and (out / "metrics.json").exists():
         log(f"compressed model already exists: {out / 'model'}")
