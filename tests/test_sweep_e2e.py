@@ -67,7 +67,9 @@ def test_killed_mid_trial_resumes_from_checkpoint(tmp_path, victim):
     """A Train worker killed: Ray Train restarts the worker group from the last checkpoint.
     The trial's driver (the Tune function, owner of the Train run) killed: Tune restarts
     the trial, whose Train run restores itself by name; the MLflow run is reused."""
-    env = sweep_env(tmp_path / "work", KDPRUNE_SYNTHETIC_STEP_S="0.25")
+    # 0.5 s per step: a trial in its Tune function has no Train start-up to wait for, and
+    # the kill must land between the first checkpointed rung (step 10) and the end (40)
+    env = sweep_env(tmp_path / "work", KDPRUNE_SYNTHETIC_STEP_S="0.5")
     if victim == "RayTrainWorker":  # a 1-worker trial trains in its Tune function otherwise
         env["KDPRUNE_TRIAL_WORKER_GROUP"] = "1"
     args = [*SYNTH_ARGS, "--trials", "1", "--no-early-stopping"]
