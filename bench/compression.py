@@ -7,8 +7,10 @@ Usage:
   P1  materialised pruned encoder latency ÷ a dense encoder built directly with the same
       per-layer dims (goal ≤ 1.05): materialisation leaves no overhead behind.
   P2  dense teacher encoder latency ÷ pruned encoder latency at 50 % of the encoder's
-      parameters removed, batch 1, 10 s of audio (goal ≥ 1.8); the 25/50/75 % curve (l0
-      and LRF at equal parameter counts) is in details.
+      parameters removed (1 − materialised ÷ teacher encoder params, front end included),
+      batch 1, 10 s of audio (goal ≥ 1.8); the 25/50/75 % curve (l0 and LRF at equal
+      parameter counts), the front end's share of each latency and the counted-FLOPs
+      ratios are in details.
   P4  training-step time (RNN-T + CTC loss, backward, AdamW) of the l0-gated student ÷ the
       dense student (goal ≤ 1.25; its step includes the Lagrangian term) and of the LRF
       student at 50 % ÷ dense (goal ≤ 1.0).
@@ -21,8 +23,9 @@ round) so drift and background load hit them alike; ratios use each model's best
 preset (P1, P2, P4) and the `paper` preset (P7; the demo model is far too small to fill a
 GPU).
 Pruned structures for P1/P2 are made without training: the same fraction of units (heads,
-FFN units, conv channels, chosen at random) is kept in every module, the fraction found by
-bisection so that the materialised encoder has the target sparsity.
+FFN units, conv-module channels and the Conv2d front end's channels, chosen at random) is
+kept in every gate, the fraction found by bisection so that the materialised encoder has
+the target sparsity. LRF factorises the blocks' projections only (no front-end treatment).
 """
 
 from __future__ import annotations
@@ -176,6 +179,16 @@ def latency_fn(enc: ConformerEncoder, feats: torch.Tensor, device: str, runs: in
     return timed
 
 
+@torch.inference_mode()
+def forward_flops(enc: ConformerEncoder, feats: torch.Tensor) -> int:
+    """FLOPs of one forward, counted by torch.utils.flop_counter (matmuls and convs)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as fc:
+        enc(feats, torch.tensor([feats.shape[1]], device=feats.device))
+    return fc.get_total_flops()
+
+
 def bench_latency(args, dev_name: str) -> None:
     """P1 and P2: batch-1 encoder latency on 10 s of audio."""
     torch.manual_seed(0)
@@ -192,8 +205,11 @@ def bench_latency(args, dev_name: str) -> None:
     sparsity = {k: round(1 - m.num_params() / dense_params, 4) for k, m in models.items()}
     log(f"timing {len(models)} encoders x {args.rounds} rounds")
     fns = {k: latency_fn(m, feats, args.device, args.runs, args.threads) for k, m in models.items()}
-    # The conv front end alone: it is not pruned, so it bounds the speed-up.
-    fns["frontend"] = latency_fn(teacher.subsampling, feats, args.device, args.runs, args.threads)
+    # The front ends alone: the teacher's bounded the speed-up while it was not pruned.
+    for k in ("teacher", "l0_0.5"):
+        front = models[k].subsampling
+        fns[f"frontend_{k}"] = latency_fn(front, feats, args.device, args.runs, args.threads)
+    flops = {k: forward_flops(m, feats) for k, m in models.items()}
     ms = interleaved(fns, args.rounds)
     base = {"audio_s": 10.0, "batch": 1, "threads": args.threads, "rounds": args.rounds}
     dims50 = [
@@ -240,10 +256,22 @@ def bench_latency(args, dev_name: str) -> None:
                 },
                 "achieved_sparsity": sparsity,
                 "teacher_best_ms_per_audio_s": ms.best("teacher"),
-                "frontend_share_of_teacher": round(ms.ratio("frontend", "teacher"), 3),
+                "frontend_share_of_teacher": round(ms.ratio("frontend_teacher", "teacher"), 3),
+                "frontend_share_of_l0_0.5": round(ms.ratio("frontend_l0_0.5", "l0_0.5"), 3),
                 "frontend_share_of_params": round(
                     sum(p.numel() for p in teacher.subsampling.parameters()) / dense_params, 4
                 ),
+                "frontend_channels_l0": {
+                    str(s): models[f"l0_{s}"].cfg.subsampling_channels for s in SPARSITIES
+                },
+                # Counted forward FLOPs (torch.utils.flop_counter), teacher ÷ model: the
+                # speed-up a FLOP-bound run would give.
+                "flops_ratio_l0": {
+                    str(s): round(flops["teacher"] / flops[f"l0_{s}"], 3) for s in SPARSITIES
+                },
+                "flops_ratio_lrf": {
+                    str(s): round(flops["teacher"] / flops[f"lrf_{s}"], 3) for s in SPARSITIES
+                },
                 "teacher_encoder_params": dense_params,
             },
         )

@@ -14,7 +14,8 @@ def test_unconverged_gates_are_cut_to_the_budget(target, gates):
     model = tiny_model()
     teacher = model.encoder_params()
     attach_gates(model, PruneConfig() if gates == "default" else ALL_GATES)
-    randomise_gates(model, seed=1)  # scores spread out, expected L0 far from any target
+    # Scores spread out: the own masks are 0.35 / 0.42 sparse, far from every target.
+    randomise_gates(model, seed=4)
     budget = teacher * (1 - target)
     before = eval_params(model)
     fit = fit_to_budget(model, budget, tolerance=0.01 * teacher)

@@ -15,7 +15,6 @@ mask of shape (n_units,) or (1,).
 
 from __future__ import annotations
 
-import math
 from typing import NamedTuple
 
 import torch
@@ -23,7 +22,7 @@ from torch import nn
 
 from kdprune.models.blocks import ConvModule, FeedForward, SelfAttention, masked_batch_norm
 from kdprune.models.conformer_config import LINEAR_NAMES, ConformerConfig, LayerDims
-from kdprune.models.frontend import WaveFrontEnd
+from kdprune.models.frontend import Subsampling, WaveFrontEnd
 from kdprune.models.streaming import chunk_attention_mask
 
 # Re-exported: the config and the blocks are part of this module's public interface.
@@ -53,50 +52,6 @@ class EncoderOutput(NamedTuple):
 def lengths_to_mask(lengths: torch.Tensor, max_len: int) -> torch.Tensor:
     """(B,) -> (B, T) bool, True at valid frames."""
     return torch.arange(max_len, device=lengths.device)[None, :] < lengths[:, None]
-
-
-class Subsampling(nn.Module):
-    """Conv2d front end: (B, T, F) -> (B, T/s, D). No time padding, so every output frame
-    depends only on a fixed window of input frames (a streaming front end can cache it)."""
-
-    def __init__(self, cfg: ConformerConfig) -> None:
-        super().__init__()
-        if cfg.subsampling not in (4, 8):
-            raise ValueError(f"subsampling must be 4 or 8, got {cfg.subsampling}")
-        n = int(math.log2(cfg.subsampling))
-        c = cfg.subsampling_channels
-        convs = []
-        freq = cfg.input_dim
-        for i in range(n):
-            convs += [nn.Conv2d(1 if i == 0 else c, c, 3, stride=2), nn.ReLU()]
-            freq = (freq - 1) // 2
-        self.convs = nn.Sequential(*convs)
-        self.proj = nn.Linear(c * freq, cfg.d_model)
-        self.num_convs = n
-
-    @property
-    def stride(self) -> int:
-        """Input frames per output frame."""
-        return 2**self.num_convs
-
-    def output_lengths(self, lengths: torch.Tensor) -> torch.Tensor:
-        for _ in range(self.num_convs):
-            lengths = torch.div(lengths - 1, 2, rounding_mode="floor")
-        return lengths.clamp(min=0)
-
-    @property
-    def receptive_field(self) -> int:
-        """Input frames that one output frame sees; stride = 2**num_convs."""
-        rf = 1
-        for _ in range(self.num_convs):
-            rf = rf * 2 + 1
-        return rf
-
-    def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        h = self.convs(x.unsqueeze(1))  # (B, C, T', F')
-        b, c, t, f = h.shape
-        h = self.proj(h.permute(0, 2, 1, 3).reshape(b, t, c * f))
-        return h, self.output_lengths(lengths)
 
 
 class ConformerLayer(nn.Module):
@@ -209,8 +164,8 @@ class ConformerEncoder(nn.Module):
         return EncoderOutput(x, lengths, tuple(hidden))
 
     def shared_modules(self) -> dict[str, nn.Module]:
-        """The parts outside the blocks, which pruning never cuts (front end, final norm),
-        by attribute name: a pruned or smaller copy takes them over unchanged."""
+        """The parts outside the blocks (front end, final norm), by attribute name: a
+        pruned or smaller copy takes them over (a gated Conv2d front end materialised)."""
         mods = {"subsampling": self.subsampling, "out_norm": self.out_norm}
         return {n: m for n, m in mods.items() if m is not None}
 

@@ -49,7 +49,9 @@ class ConformerConfig:
     frontend: str = "conv2d"
     subsampling: int = 4  # input frames per encoder frame: 4 or 8 (conv2d); waveform: the
     # product of `wave_convs` strides ÷ `input_dim`
-    subsampling_channels: int = 64  # channels of the Conv2d front end
+    # Channels of the Conv2d front end: one int for every conv, or one per conv (a front
+    # end whose channels were pruned; `frontend_channels` gives the per-conv tuple).
+    subsampling_channels: tuple[int, ...] | int = 64
     # Waveform front end: (channels, kernel, stride) of each conv layer (each followed by
     # a LayerNorm over channels and GELU), and whether those convs have biases.
     wave_convs: tuple[tuple[int, int, int], ...] = ()
@@ -86,6 +88,16 @@ class ConformerConfig:
             raise ValueError(f"frontend must be one of {FRONTENDS}, got {self.frontend!r}")
         if self.position not in POSITIONS:
             raise ValueError(f"position must be one of {POSITIONS}, got {self.position!r}")
+        if self.frontend == "conv2d":
+            n = {4: 2, 8: 3}.get(self.subsampling)
+            if n is None:
+                raise ValueError(f"subsampling must be 4 or 8, got {self.subsampling}")
+            chans = self.subsampling_channels
+            if isinstance(chans, tuple) and (len(chans) != n or min(chans) < 1):
+                raise ValueError(
+                    f"subsampling_channels: {n} positive per-conv counts for subsampling "
+                    f"{self.subsampling}, got {chans}"
+                )
         rd = self.rotary_dim
         if self.position == "rotary" and (rd < 2 or rd % 2 or self.d_model % rd):
             raise ValueError(
@@ -95,6 +107,14 @@ class ConformerConfig:
     @property
     def num_layers(self) -> int:
         return len(self.layers)
+
+    @property
+    def frontend_channels(self) -> tuple[int, ...]:
+        """Output channels of each conv of the Conv2d front end (log2(subsampling) convs)."""
+        chans = self.subsampling_channels
+        if isinstance(chans, tuple):
+            return chans
+        return (chans,) * (self.subsampling.bit_length() - 1)
 
     @staticmethod
     def uniform(

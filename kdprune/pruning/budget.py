@@ -15,10 +15,12 @@ counts) appear as products of their expectations. Each `Prunable` module gives i
 (`params(units, ranks)`); this module only combines the gates. A rank gate's count is
 max(R, 1) for R components on, because its eval mask (min_keep = 1) and so `materialise`
 keep at least one: E[max(R, 1)] = ΣP + Π(1 − P) is exact, ≥ 1 and still differentiable
-(∂/∂P_i = 1 − Π_{j≠i}(1 − P_j), ≈ 1 while several components are likely on). Everything
-not inside a prunable module
-(the subsampling front end, each block's final LayerNorm) is a constant. Gate parameters
-are never counted. Without gates (a plain or factorised model) the count is exact, which is
+(∂/∂P_i = 1 − Π_{j≠i}(1 − P_j), ≈ 1 while several components are likely on). The Conv2d
+front end's count is bilinear in neighbouring convs' channel counts (conv i: C_{i-1}·C_i·k
+weights), and each conv's count is max(R, 1) of its own gate, so with independent gates
+the expected count is `Subsampling.params` at the expected counts, again exact. Everything
+else (each block's final LayerNorm, a waveform front end, an ungated Conv2d front end)
+is a constant. Gate parameters are never counted. Without gates (a plain or factorised model) the count is exact, which is
 how LRF reports its size through the same interface.
 
 Sign convention of the Lagrangian: loss = λ1 (ŝ − t) + λ2 (ŝ − t)², ŝ = 1 − count / teacher.
@@ -37,7 +39,14 @@ import torch
 from torch import nn
 
 from kdprune.models.layers import Count, Prunable
-from kdprune.pruning.gates import encoder_of, iter_gates, rank_gate, unit_gate, whole_gate
+from kdprune.pruning.gates import (
+    encoder_of,
+    frontend_of,
+    iter_gates,
+    rank_gate,
+    unit_gate,
+    whole_gate,
+)
 from kdprune.pruning.hardconcrete import HardConcrete
 
 # gate -> (..., n) P(unit on), or 0/1; leading dims (e.g. many samples) broadcast through.
@@ -57,7 +66,8 @@ def sampled(gate: HardConcrete) -> torch.Tensor:
 
 
 def rank_count(gate: HardConcrete, probs: Probs) -> torch.Tensor:
-    """Rank a gated factorised linear keeps: max(R, min_keep), R = components on. For 0/1
+    """Units a gate with `min_keep` keeps (the rank of a gated factorised linear, the
+    channels of a front-end conv): max(R, min_keep), R = units on. For 0/1
     states that is the max itself; for probabilities it is the exact expectation (see the
     module docstring). (...,) for (..., n) states."""
     p = probs(gate)
@@ -91,7 +101,8 @@ def count_params(model: nn.Module, probs: Probs = expected) -> torch.Tensor:
     enc = encoder_of(model)
     gated = {id(g.log_alpha) for g in iter_gates(enc)}
     mods = [m for m in enc.modules() if isinstance(m, Prunable)]
-    inside = {id(p) for m in mods for p in m.parameters()}
+    front = frontend_of(enc)
+    inside = {id(p) for m in [*mods, *([front] if front else [])] for p in m.parameters()}
     const = sum(p.numel() for p in enc.parameters() if id(p) not in gated | inside)
     dev = next(enc.parameters()).device
     # Ask each gate once, so a sampled state is one consistent sample.
@@ -99,6 +110,9 @@ def count_params(model: nn.Module, probs: Probs = expected) -> torch.Tensor:
     total = torch.tensor(float(const), device=dev)
     for m in mods:
         total = total + module_params(m, lambda g: cache[id(g)])
+    if front is not None:
+        chans = [rank_count(g, lambda g: cache[id(g)]) for g in front.channel_gates]
+        total = total + front.params(chans)
     return total
 
 
@@ -128,7 +142,7 @@ def _keep_at(gates: list[HardConcrete], tau: float | None) -> None:
 
 def min_params(model: nn.Module) -> int:
     """The fewest encoder parameters the gates can reach (every gate off; rank gates keep
-    one component): a budget below this cannot be met."""
+    one component, front-end convs one channel): a budget below this cannot be met."""
     gates = list(iter_gates(encoder_of(model)))
     _keep_at(gates, float("inf"))
     try:
@@ -156,7 +170,8 @@ def fit_to_budget(model: nn.Module, budget: float, tolerance: float) -> BudgetFi
     if floor > budget:
         raise ValueError(
             f"a budget of {budget:,.0f} encoder params cannot be met: with every gate off "
-            f"{floor:,} remain (front end, norms and ungated parts); lower the target sparsity"
+            f"{floor:,} remain (one channel per front-end conv, norms and ungated parts); "
+            "lower the target sparsity"
         )
     scores = torch.cat([g.log_alpha.detach().float().flatten() for g in gates])
     taus = torch.unique(scores).flip(0).tolist()  # descending: more units kept down the list

@@ -7,7 +7,9 @@ Each gate lives in the slot of the module it prunes (STYLE §2); every `Prunable
   Prunable.module_gate     — a `ModuleGate`: an optional whole-module HardConcrete, times
                              "at least one unit is on" (a module whose units are all off is
                              removed at materialisation, so its output biases must vanish too);
-  LowRankLinear.rank_gate  — one unit per rank component (LRF that learns its rank).
+  LowRankLinear.rank_gate  — one unit per rank component (LRF that learns its rank);
+  Subsampling.channel_gates — one gate per conv of the Conv2d front end, one unit per
+                             output channel (min_keep = 1: a conv keeps a channel).
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from kdprune.models.conformer import ConformerEncoder
+from kdprune.models.conformer import ConformerEncoder, Subsampling
 from kdprune.models.layers import LowRankLinear, Prunable
 from kdprune.pruning.hardconcrete import HardConcrete
 
@@ -32,6 +34,9 @@ class PruneConfig:
     ffn: bool = True  # gate hidden units of both macaron FFNs
     conv: bool = True  # gate conv-module channels
     modules: bool = False  # also gate whole attention / FFN / conv modules
+    # Gate the output channels of each conv of the Conv2d front end (a waveform front end
+    # is never gated): little of the parameters, a large share of the latency.
+    frontend: bool = True
     ranks: bool = False  # gate rank components of factorised (LRF) linears
     init_keep: float = 0.95  # initial P(gate > 0) of every unit
 
@@ -94,6 +99,10 @@ def attach_gates(model: nn.Module, cfg: PruneConfig = PruneConfig()) -> list[Har
         elif isinstance(m, LowRankLinear) and cfg.ranks:
             m.rank_gate = HardConcrete(m.rank, cfg.init_keep, min_keep=1)
             new.append(m.rank_gate)
+        elif isinstance(m, Subsampling) and cfg.frontend:
+            gates = [HardConcrete(c, cfg.init_keep, min_keep=1) for c in m.channels]
+            m.channel_gates = nn.ModuleList(gates)
+            new += gates
     for g in new:
         g.to(device)
     for m in enc.modules():
@@ -110,6 +119,8 @@ def remove_gates(model: nn.Module) -> None:
             m.module_gate = None
         elif isinstance(m, LowRankLinear):
             m.rank_gate = None
+        elif isinstance(m, Subsampling):
+            m.channel_gates = nn.ModuleList()
 
 
 def iter_gates(model: nn.Module) -> Iterator[HardConcrete]:
@@ -132,3 +143,9 @@ def whole_gate(module: nn.Module) -> HardConcrete | None:
 def rank_gate(linear: nn.Module) -> HardConcrete | None:
     g = getattr(linear, "rank_gate", None)
     return g if isinstance(g, HardConcrete) else None
+
+
+def frontend_of(encoder: ConformerEncoder) -> Subsampling | None:
+    """The encoder's Conv2d front end when its channels are gated, else None."""
+    front = encoder.subsampling
+    return front if isinstance(front, Subsampling) and len(front.channel_gates) else None

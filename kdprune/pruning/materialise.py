@@ -7,7 +7,9 @@ reads it, so the materialised model computes what the masked model computes in e
   conv channel c        -> pw1 rows c and c + C (GLU value and gate), depthwise channel,
                            batch-norm weight/bias/running stats kept, pw2 column c × m_c;
   whole-module gate g   -> the module's last projection (weight and bias) × g;
-  rank component i      -> down row i kept, up column i × m_i.
+  rank component i      -> down row i kept, up column i × m_i;
+  front-end channel c   -> conv i's output row c kept, the reader's input (conv i + 1's
+                           channel c, or the projection's columns of c) × m_c.
 Each `Prunable` module does its own cutting (`Prunable.materialise`); this module decides
 what stays (from the gates) and assembles the new encoder from the modules' new dims.
 A module with no unit left (or its module gate off) is removed: dims 0 in `LayerDims`.
@@ -32,7 +34,7 @@ from torch import nn
 from kdprune.models.conformer import LINEAR_NAMES, ConformerConfig, ConformerEncoder, LayerDims
 from kdprune.models.layers import Keep, LowRankLinear, Materialised, Prunable
 from kdprune.pruning.budget import Lagrangian
-from kdprune.pruning.gates import encoder_of, rank_gate, unit_gate, whole_gate
+from kdprune.pruning.gates import encoder_of, frontend_of, rank_gate, unit_gate, whole_gate
 from kdprune.pruning.lrf import _set_encoder_cfg
 
 # A conformer layer's prunable module slot -> its unit count's field in LayerDims.
@@ -110,11 +112,18 @@ def materialise_encoder(
     ]
     layers = (_layer_dims(d, m) for d, m in zip(encoder.cfg.layers, new_mods, strict=True))
     cfg = encoder.cfg.with_layers(tuple(layers))
+    shared = encoder.shared_modules()
+    front = frontend_of(encoder)
+    if front is not None:
+        device = front.proj.weight.device
+        keeps = [Keep(*_select(g, g.n, 1, device)) for g in front.channel_gates]
+        shared["subsampling"] = front.materialise(keeps)
+        cfg = replace(cfg, subsampling_channels=shared["subsampling"].channels)
     p = next(encoder.parameters())
     with torch.device(p.device):
         new = ConformerEncoder(cfg)  # built from the config alone, so the config rebuilds it
     new.to(p.dtype)
-    for name, m in encoder.shared_modules().items():
+    for name, m in shared.items():
         getattr(new, name).load_state_dict(m.state_dict())
     for old_l, new_l, mods in zip(encoder.layers, new.layers, new_mods, strict=True):
         new_l.final_norm.load_state_dict(old_l.final_norm.state_dict())

@@ -82,10 +82,10 @@ def _front_end(enc: ConformerConfig, b: int, t: int, a: int, mb: int) -> tuple[i
             kept += 4 * b * ch * n * a  # conv out, LayerNorm in (fp32) and out, GELU out
             largest = max(largest, b * ch * n * a)
         return kept, largest, a * b * t * enc.input_dim
-    c, tt, f = enc.subsampling_channels, t, enc.input_dim
+    tt, f = t, enc.input_dim
     x_in = a * b * t * f  # the conv's input, kept for its weight gradient
     kept, largest = x_in, 0
-    for _ in range(int(math.log2(enc.subsampling))):
+    for c in enc.frontend_channels:  # per conv (a pruned front end has fewer)
         tt, f = (tt - 1) // 2, (f - 1) // 2
         kept += a * b * c * tt * f  # ReLU output (the next conv's input)
         largest = max(largest, a * b * c * tt * f)
