@@ -3,8 +3,9 @@
 `kdprune evaluate`, a fine-tuned teacher's and a compressed student's ``metrics.json``
 and every sweep trial time the same way, and record the protocol with the figure
 (``latency_threads``, ``latency_batch``, ``latency_audio_s``, ``latency_repeats``): batch
-1, a fixed number of torch threads, warm-up calls, each utterance timed ``repeats`` times
-and its best time kept (the noise of a shared machine only ever adds time), all under the
+1, a fixed number of torch threads, warm-up calls, ``repeats`` timed passes over the
+utterances with each one's best time kept (the noise of a shared machine only ever adds
+time, and a burst of it spoils one pass, not every run of an utterance), all under the
 node's exclusive latency lock (`kdprune.eval.latency_lock`), which pauses the training
 steps of the other trials on the node at their next step boundary.
 """
@@ -28,7 +29,7 @@ class LatencyProtocol:
     threads: int = 1  # torch intra-op threads while timing (a sweep trial's one core)
     utterances: int = 20  # test utterances timed, spread over the set, batch 1
     warmup: int = 2  # untimed calls first (allocator, kernels, caches)
-    repeats: int = 3  # timed runs of each utterance; the best one counts
+    repeats: int = 5  # timed passes over the utterances; each one's best run counts
     exclusive: bool = True  # hold the node's latency lock (pauses other trials' steps)
 
 
@@ -60,8 +61,8 @@ def measure_latency(
     repeats: int = 1,
     exclusive: bool = False,
 ) -> Latency:
-    """Time `run_one(i)` for each utterance i (batch 1) under inference mode: the best of
-    ``repeats`` runs of each, summed over the utterances.
+    """Time `run_one(i)` for each utterance i (batch 1) under inference mode: ``repeats``
+    passes over the utterances, the best pass of each, summed over the utterances.
 
     The first `warmup` calls are untimed; CUDA is synchronised around each timed call so
     queued kernels are counted. ``exclusive``: under the node's latency lock.
@@ -75,15 +76,16 @@ def measure_latency(
             for i in range(min(warmup, len(durations_s))):
                 run_one(i)
             sync(device)
-            total = 0.0
-            for i in range(len(durations_s)):
-                best = float("inf")
-                for _ in range(max(1, repeats)):
+            # passes over the set, each utterance's best pass kept: a burst of load on the
+            # machine spoils one pass of an utterance, not all its runs back to back
+            best = [float("inf")] * len(durations_s)
+            for _ in range(max(1, repeats)):
+                for i in range(len(durations_s)):
                     t0 = time.perf_counter()
                     run_one(i)
                     sync(device)
-                    best = min(best, time.perf_counter() - t0)
-                total += best
+                    best[i] = min(best[i], time.perf_counter() - t0)
+            total = sum(best)
         audio = sum(durations_s)
         return Latency(
             1000 * total / audio,
