@@ -10,7 +10,7 @@ import argparse
 import contextlib
 import sys
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import fields, replace
 from typing import Any
 
 from kdprune.cli import add_manifest_flags, manifests_from_args
@@ -23,6 +23,7 @@ from kdprune.orchestration.config import (
     check_inputs,
     parse_objectives,
 )
+from kdprune.orchestration.interrupt import EXIT_CODES
 from kdprune.orchestration.tuner import run_sweep
 from kdprune.orchestration.worker import Trainer
 from kdprune.utils import emit_result, log
@@ -107,6 +108,29 @@ def config_from_args(
     return cfg
 
 
+def started_as(argv: list[str]) -> list[str]:
+    """This process's command line (interpreter, script and every argument, e.g. a wrapper
+    script's own ones before ``argv``), or the script with ``argv`` when called with others."""
+    if sys.argv[len(sys.argv) - len(argv) :] == argv:
+        return [sys.executable, *sys.argv]
+    return [sys.executable, sys.argv[0], *argv]
+
+
+def chosen_settings(
+    args: argparse.Namespace,
+    parser: argparse.ArgumentParser,
+    base: SweepConfig,
+    smoke: dict[str, Any],
+) -> set[str]:
+    """The SweepConfig fields the command line sets (differing from the flagless run's):
+    what a ``--resume`` must agree with the run's stored settings on."""
+    given = config_from_args(args, base, smoke).resolved()
+    default = config_from_args(parser.parse_args([]), base, smoke).resolved()
+    return {
+        f.name for f in fields(SweepConfig) if getattr(given, f.name) != getattr(default, f.name)
+    }
+
+
 SMOKE: dict[str, Any] = {
     "preset": "tiny",
     "trials": 4,
@@ -141,21 +165,32 @@ def main(
     parser = build_parser(doc)
     if extend is not None:
         extend(parser)
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(argv)
     base = SweepConfig(name=name, space=space, **(defaults or {}))
     try:  # Tune and Ray print tables and worker output on stdout: keep it for the result
-        cfg = config_from_args(args, base, {**SMOKE, **(smoke or {})})
+        smoke = {**SMOKE, **(smoke or {})}
+        cfg = config_from_args(args, base, smoke)
         check_inputs(cfg)  # bad settings or data: one error, before a teacher, MLflow or Ray
         if grid is not None and not args.resume:
             points = tuple(grid(args, cfg))
             cfg = replace(cfg, grid=points, trials=len(points), early_stopping=False)
         with contextlib.redirect_stdout(sys.stderr):
             result = run_sweep(
-                cfg, resume=args.resume or False, num_cpus=args.num_cpus, trainer=trainer
+                cfg,
+                resume=args.resume or False,
+                num_cpus=args.num_cpus,
+                trainer=trainer,
+                settings=chosen_settings(args, parser, base, smoke),
+                command=started_as(argv),
             )
     except (ValueError, FileNotFoundError, TrackingUnavailable) as exc:
         log(f"error: {exc}")
         return 2
+    if result.get("interrupted"):  # the resume line is out; the front holds finished trials
+        log(f"interrupted: {len(result['pareto'])} finished trial(s) on the Pareto front")
+        emit_result(result)
+        return EXIT_CODES[result["interrupted"]]
     log(f"Pareto front ({', '.join(result['objectives'])}), {len(result['pareto'])} trial(s):")
     print(front_summary(result["pareto"], result["objectives"]), file=sys.stderr, flush=True)
     log(f"open it: mlflow ui --backend-store-uri {result['tracking_uri']} --host 127.0.0.1")

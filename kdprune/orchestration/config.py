@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import dataclass, field, replace
+from collections.abc import Collection
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -204,6 +205,19 @@ class SweepConfig:
     @property
     def trial_cpus(self) -> float:
         return self.num_workers * self.cpus_per_worker + self.driver_cpus
+
+
+def changed_settings(
+    stored: SweepConfig, given: SweepConfig, settings: Collection[str] | None = None
+) -> list[str]:
+    """``field: X when started, Y now`` for each of ``settings`` (None: every field) in
+    which ``given`` differs from the ``stored`` config of the run being resumed."""
+    names = [f.name for f in fields(SweepConfig)] if settings is None else sorted(settings)
+    return [
+        f"{name}: {getattr(stored, name)!r} when started, {getattr(given, name)!r} now"
+        for name in names
+        if getattr(stored, name) != getattr(given, name)
+    ]
 
 
 def check_inputs(cfg: SweepConfig) -> None:

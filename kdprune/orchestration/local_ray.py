@@ -1,5 +1,6 @@
 """The embedded Ray of a local sweep: how many logical CPUs it gets, and starting it (or
-attaching to a cluster when ``RAY_ADDRESS`` is set) with its dashboard on loopback."""
+attaching to a cluster when ``RAY_ADDRESS`` is set) with its dashboard on loopback and no
+Prometheus metrics endpoint."""
 
 from __future__ import annotations
 
@@ -13,7 +14,13 @@ from kdprune.orchestration.config import SweepConfig
 # CPU count) Python workers run; a sweep's trials run zero-CPU helper actors by design
 # (Train controllers and synchronisers, the rung store), so a 2-core machine crossed that
 # with its first two trials. 8 still bounds how many workers start at once.
-RAY_ENV_DEFAULTS = {"RAY_worker_maximum_startup_concurrency": str(max(8, os.cpu_count() or 1))}
+# And no Prometheus metrics: each node's dashboard agent would serve them on every interface
+# without a token (Ray puts a node given as 127.0.0.1 on its network address, so the
+# endpoint cannot be bound to loopback), and nothing scrapes a local sweep's.
+RAY_ENV_DEFAULTS = {
+    "RAY_worker_maximum_startup_concurrency": str(max(8, os.cpu_count() or 1)),
+    "RAY_enable_metrics_collection": "0",
+}
 
 
 def local_cpus(cfg: SweepConfig, cores: int | None = None) -> int:

@@ -8,16 +8,19 @@ Tune restores its trials and searcher, Ray Train restores each unfinished trial 
 last checkpoint, MLflow runs are found again by trial id.
 
 Driver-side state lives in ``<workdir>/sweeps/<run_name>/``: ``sweep.json`` (the config,
-the MLflow parent run, the fixed hypervolume reference point), ``optuna.db`` (the study:
+the MLflow parent run, the fixed hypervolume reference point, the teacher's content hash:
+a resume with other settings is refused), ``optuna.db`` (the study:
 ``optuna-dashboard sqlite:///.../optuna.db``), ``rungs.json`` (early-stopping records) and
 ``trials/<trial_id>/`` (each trial's model directory).
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import time
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -34,11 +37,13 @@ from kdprune.data.selection import check_coverage, manifest_fields
 from kdprune.orchestration.autoscaler import planned_resources
 from kdprune.orchestration.config import (
     SweepConfig,
+    changed_settings,
     check_inputs,
     max_concurrent_trials,
     redact,
     sweep_state_dir,
 )
+from kdprune.orchestration.interrupt import StopSignals, resume_command
 from kdprune.orchestration.local_ray import connect_ray, local_cpus
 from kdprune.orchestration.worker import Trainer
 from kdprune.utils import from_dict, log, read_json, to_dict, write_json
@@ -52,8 +57,9 @@ class SweepRun:
     config: SweepConfig
     parent_run_id: str
     reference_point: tuple[float, ...]
-    status: str = "running"  # running | finished
+    status: str = "running"  # running | finished | interrupted
     manifests: dict[str, str] = field(default_factory=dict)  # the corpus: {split: manifest}
+    teacher_digest: str = ""  # the teacher's content (`model_dir_digest`); "": none known
 
     @property
     def state_dir(self) -> Path:
@@ -77,6 +83,7 @@ class SweepRun:
             tuple(data["reference_point"]),
             data.get("status", "running"),
             data.get("manifests", {}),
+            data.get("teacher_digest", ""),
         )
 
 
@@ -244,11 +251,23 @@ def build_tuner(run: SweepRun, teacher_dir: str, resume: bool, trainer: Trainer)
     return tuner, store
 
 
+def teacher_digest(teacher_dir: str) -> str:
+    """The teacher's content hash ("": no teacher directory, or none there yet)."""
+    from kdprune.models.digest import model_dir_digest
+
+    return model_dir_digest(teacher_dir) if teacher_dir and Path(teacher_dir).is_dir() else ""
+
+
 def start_run(
-    cfg: SweepConfig, resume: str | bool, prepare: bool = True
+    cfg: SweepConfig,
+    resume: str | bool,
+    prepare: bool = True,
+    settings: Collection[str] | None = None,
 ) -> tuple[SweepRun, str, dict[str, Any]]:
     """The run to execute (new, or the one to resume) with its MLflow parent and teacher;
-    ``prepare``: build the preset's teacher and data caches first (for `compress`)."""
+    ``prepare``: build the preset's teacher and data caches first (for `compress`). A
+    resume runs the stored settings: one whose ``settings`` differ is refused (ValueError
+    naming each difference)."""
     from kdprune.orchestration.tracking import SweepTracker
 
     uri = resolve_tracking_uri(workdir=cfg.workdir)
@@ -259,10 +278,23 @@ def start_run(
         )
     if found is not None:
         run = SweepRun.load(found)
+        changed = changed_settings(run.config, cfg.resolved(), settings)
+        if changed:
+            raise ValueError(
+                f"sweep run {run.run_name} was started with other settings than this resume "
+                f"gives ({'; '.join(changed)}): resume it without those flags (its stored "
+                "settings are used), or start a new run without --resume"
+            )
         log(f"resuming sweep run {run.run_name} ({found}) with its stored settings")
         teacher_dir = run.config.teacher_dir
         if prepare:
             teacher_dir = prepare_teacher(run.config).model_dir
+        if run.teacher_digest and teacher_digest(teacher_dir) != run.teacher_digest:
+            raise ValueError(
+                f"sweep run {run.run_name} was started with another teacher than the one now "
+                f"in {teacher_dir} (changed or gone since): its trials would mix two teachers; "
+                "start a new run without --resume"
+            )
         kind = SWEEP_GRID if run.config.grid else SWEEP_SEARCH
         SweepTracker(uri, run.config.name, run.run_name, run.manifests).parent_run({}, kind)
         return run, teacher_dir, {}
@@ -293,7 +325,14 @@ def start_run(
     parent = tracker.parent_run(params, kind)
     if cfg.grid:  # the configs themselves, readable in full (a param holds 6000 characters)
         tracker.client.log_dict(parent, {"grid": list(cfg.grid)}, "grid.json")
-    run = SweepRun(run_name, cfg, parent, ref, manifests=prepared.manifests)
+    run = SweepRun(
+        run_name,
+        cfg,
+        parent,
+        ref,
+        manifests=prepared.manifests,
+        teacher_digest=teacher_digest(teacher_dir),
+    )
     run.save()
     return run, teacher_dir, teacher
 
@@ -304,6 +343,8 @@ def run_sweep(
     num_cpus: int | None = None,
     *,
     trainer: Trainer | None = None,
+    settings: Collection[str] | None = None,
+    command: Sequence[str] = (),
 ) -> dict[str, Any]:
     """Run (or resume) a sweep to the end; returns the DESIGN §3 sweep result.
 
@@ -314,7 +355,15 @@ def run_sweep(
     Tune, rungs, checkpoints, resume, MLflow) in tests and benchmarks; it gets
     ``cfg.teacher_dir`` as given and prepares its own inputs. Ray imports it by name on
     every node, so it must be a module-level function of a module the workers can import
-    (a driver script's folder is on their path)."""
+    (a driver script's folder is on their path).
+
+    ``settings``: the fields of ``cfg`` its caller chose (a CLI: the flags given; None:
+    all); a resume whose chosen settings differ from the run's stored ones is refused
+    (`changed_settings`). ``command``: how the caller was started, for the resume line.
+
+    Stopped by SIGINT or SIGTERM (`StopSignals`): the parent and unfinished children are
+    KILLED in MLflow, one line says how to resume, and the result (finished trials only in
+    its front) carries ``interrupted`` = the signal's name."""
     import ray
 
     from kdprune.orchestration.search import fail_orphans
@@ -325,28 +374,64 @@ def run_sweep(
     check_inputs(cfg)  # settings, the corpus, a given teacher's tokenizer: before anything
     uri = resolve_tracking_uri(workdir=cfg.workdir)
     check_tracking_uri(uri)  # before Ray, the teacher or any trial
-    run, teacher_dir, _ = start_run(cfg, resume, prepare=trainer is None)
+    run, teacher_dir, _ = start_run(cfg, resume, prepare=trainer is None, settings=settings)
     if trainer is None:
         from kdprune.compress import compress as trainer
     log(f"MLflow: {redact(uri)} experiment {run.config.name!r}, parent run {run.parent_run_id}")
-    started_here = connect_ray(num_cpus or local_cpus(run.config))
+    stop = StopSignals(lambda: mark_stopped(run, uri, command, stop.signal))
     try:
-        # Rung results carry no final objective; Tune would refuse them.
-        os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")
-        os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
-        tuner, _store = build_tuner(run, teacher_dir, resume=bool(resume), trainer=trainer)
-        tuner.fit()
-        orphans = 0 if run.config.grid else fail_orphans(run.optuna_url, run.run_name)
-        if orphans:
-            log(f"marked {orphans} orphaned Optuna trial(s) of a killed driver as FAIL")
-        tracker = SweepTracker(uri, run.config.name, run.run_name)
-        tracker.update_front(run.parent_run_id, run.config.objectives, run.reference_point)
-        tracker.client.set_terminated(run.parent_run_id, "FINISHED")
-        replace(run, status="finished").save()
-    finally:
-        if started_here:
+        with stop:
+            started_here = connect_ray(num_cpus or local_cpus(run.config))
+            stop.reclaim()
+            try:
+                # Rung results carry no final objective; Tune would refuse them.
+                os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")
+                os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+                tuner, _store = build_tuner(run, teacher_dir, resume=bool(resume), trainer=trainer)
+                with stop.tune_running():
+                    tuner.fit()
+                if not stop.signal:
+                    orphans = 0 if run.config.grid else fail_orphans(run.optuna_url, run.run_name)
+                    if orphans:
+                        log(f"marked {orphans} orphaned Optuna trial(s) of a killed driver as FAIL")
+                    tracker = SweepTracker(uri, run.config.name, run.run_name)
+                    tracker.update_front(
+                        run.parent_run_id, run.config.objectives, run.reference_point
+                    )
+                    tracker.client.set_terminated(run.parent_run_id, "FINISHED")
+                    replace(run, status="finished").save()
+            finally:
+                if started_here:
+                    ray.shutdown()
+    except KeyboardInterrupt:  # a second signal, or one before Tune ran
+        stop.interrupted()
+        if ray.is_initialized():  # stopped while Ray was starting
             ray.shutdown()
+    if stop.signal:  # MLflow truthful before the result: Tune has stopped every trial now
+        stop.finish_on_stop()
+        with contextlib.suppress(Exception):
+            SweepTracker(uri, run.config.name, run.run_name).mark_interrupted(run.parent_run_id)
+        return {**sweep_result(run, uri, time.time() - t0), "interrupted": stop.signal}
     return sweep_result(run, uri, time.time() - t0)
+
+
+def mark_stopped(run: SweepRun, uri: str, command: Sequence[str], signal_name: str) -> None:
+    """What a stop signal leaves: MLflow's parent and RUNNING children KILLED, the run's
+    state ``interrupted``, and one line with the command that resumes it."""
+    from kdprune.orchestration.tracking import SweepTracker
+
+    try:
+        tracker = SweepTracker(uri, run.config.name, run.run_name)
+        killed = tracker.mark_interrupted(run.parent_run_id)
+        replace(run, status="interrupted").save()
+    except Exception as exc:  # the resume line matters more than the bookkeeping
+        log(f"could not mark the stopped sweep in MLflow: {exc!r}")
+        killed = -1
+    what = f"{killed} unfinished trial(s) marked KILLED in MLflow" if killed >= 0 else "stopped"
+    log(
+        f"sweep stopped by {signal_name}: {what}; resume it with: "
+        f"{resume_command(command, run.run_name)}"
+    )
 
 
 def sweep_result(run: SweepRun, uri: str, wall_s: float) -> dict[str, Any]:
