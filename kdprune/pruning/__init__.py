@@ -12,7 +12,8 @@ optionally attach_gates(student, PruneConfig(heads=False, ffn=False, conv=False,
 
 Gates, the budget and materialisation find what they prune by type: every
 `kdprune.models.layers.Prunable` module (attention, FFN, conv) counts its own parameters
-and cuts itself down; `LowRankLinear` carries the rank gates.
+and cuts itself down; `LowRankLinear` carries the rank gates; the Conv2d front end
+(`kdprune.models.frontend.Subsampling`) carries one channel gate per conv.
 """
 
 from kdprune.pruning.budget import (
