@@ -129,6 +129,8 @@ def cmd_finetune(args) -> dict:
 
 
 def cmd_evaluate(args) -> dict:
+    if args.runtime == "onnx":
+        return _evaluate_onnx(args)
     from kdprune.eval.evaluate import evaluate
     from kdprune.models.model_dir import load_model_dir
 
@@ -145,6 +147,27 @@ def cmd_evaluate(args) -> dict:
         device=device,
         **_flags(args, "manifest", "beam", "output", "streaming"),
     )
+    return {"model_dir": Path(args.model).resolve(), **res, "runtime": "torch"}
+
+
+def _evaluate_onnx(args) -> dict:
+    """--runtime onnx: an export directory decoded by onnxruntime on CPU; a model
+    directory is exported (and verified) into a temporary one first."""
+    import tempfile
+
+    from kdprune.deploy.evaluate import evaluate_onnx
+    from kdprune.deploy.runtime import METADATA
+
+    if args.device == "cuda" or args.beam > 1:
+        raise ValueError("--runtime onnx decodes greedily on CPU: drop --device cuda / --beam")
+    flags = _flags(args, "manifest", "output", "streaming")
+    if (args.model / METADATA).exists():
+        return {"model_dir": Path(args.model).resolve(), **evaluate_onnx(args.model, **flags)}
+    from kdprune.export import export_model
+
+    with tempfile.TemporaryDirectory(prefix="kdprune-onnx-") as tmp:
+        export_model(args.model, "onnx", Path(tmp) / "onnx")
+        res = evaluate_onnx(Path(tmp) / "onnx", **flags)
     return {"model_dir": Path(args.model).resolve(), **res}
 
 
@@ -266,9 +289,13 @@ def build_parser() -> argparse.ArgumentParser:
     _add_training_device(p)
     p.set_defaults(func=cmd_compress)
 
-    p = sub.add_parser("export", help="export a model directory to TorchScript or ONNX")
+    p = sub.add_parser(
+        "export", help="export a model directory to ONNX (the whole transducer) or TorchScript"
+    )
     p.add_argument("--model", type=Path, required=True)
-    p.add_argument("--format", choices=("torchscript", "onnx"), default="torchscript")
+    p.add_argument("--format", choices=("torchscript", "onnx"), default="torchscript",
+                   help="onnx: encoder, decoder, joiner (+ streaming encoder), tokens.txt, "
+                   "metadata.json; torchscript: the encoder")  # fmt: skip
     p.add_argument("--out", type=Path, required=True)
     p.set_defaults(func=cmd_export)
 
@@ -283,6 +310,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", type=Path, required=True)
     p.add_argument("--manifest", type=Path, required=True)
     p.add_argument("--streaming", action="store_true", help="chunk-by-chunk streaming inference")
+    p.add_argument("--runtime", default="torch", choices=("torch", "onnx"),
+                   help="onnx: decode an ONNX export (or a model directory, exported first) "
+                   "with onnxruntime on CPU, 1 thread")  # fmt: skip
     _add_device(p)
     p.add_argument("--beam", type=int, default=1, help="beam size (1: greedy)")
     p.add_argument(

@@ -1,5 +1,6 @@
-"""`kdprune export`: a materialised model's encoder (normalisation + conformer) to
-TorchScript or ONNX, with an output-parity check against eager PyTorch at export time."""
+"""`kdprune export`: a model directory to ONNX (the whole transducer, in the layout
+streaming runtimes use: `kdprune.deploy.onnx_export`) or its encoder (normalisation +
+conformer) to TorchScript; every export is checked against eager PyTorch."""
 
 from __future__ import annotations
 
@@ -41,6 +42,10 @@ def export_model(model_dir: Path, fmt: str, out_dir: Path, atol: float = 1e-4) -
     match eager PyTorch within `atol` (so shapes are dynamic, not baked in)."""
     if fmt not in ("torchscript", "onnx"):
         raise ValueError(f"format must be torchscript or onnx, got {fmt!r}")
+    if fmt == "onnx":
+        from kdprune.deploy.onnx_export import export_onnx
+
+        return export_onnx(model_dir, out_dir, atol)
     m = load_model_dir(model_dir)
     enc = ExportableEncoder(m.model).eval()
     out_dir = Path(out_dir).resolve()
@@ -48,38 +53,14 @@ def export_model(model_dir: Path, fmt: str, out_dir: Path, atol: float = 1e-4) -
     examples = _examples(m.config.features.n_mels)
     with torch.no_grad():
         eager = [enc(*ex) for ex in examples]
-    if fmt == "torchscript":
-        path = out_dir / "encoder.pt"
-        with torch.no_grad():
-            traced = torch.jit.trace(enc, examples[0], check_trace=False)
-        traced.save(str(path))
-        loaded = torch.jit.load(str(path))
-        with torch.no_grad():
-            got = [loaded(*ex) for ex in examples]
-        got = [(o.numpy(), n.numpy()) for o, n in got]
-    else:
-        import onnxruntime as ort
-
-        path = out_dir / "encoder.onnx"
-        torch.onnx.export(
-            enc,
-            examples[0],
-            str(path),
-            input_names=["feats", "lengths"],
-            output_names=["out", "out_lengths"],
-            dynamic_axes={
-                "feats": {0: "batch", 1: "time"},
-                "lengths": {0: "batch"},
-                "out": {0: "batch", 1: "frames"},
-                "out_lengths": {0: "batch"},
-            },
-            opset_version=17,
-            dynamo=False,
-        )
-        sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-        got = [
-            tuple(sess.run(None, {"feats": f.numpy(), "lengths": n.numpy()})) for f, n in examples
-        ]
+    path = out_dir / "encoder.pt"
+    with torch.no_grad():
+        traced = torch.jit.trace(enc, examples[0], check_trace=False)
+    traced.save(str(path))
+    loaded = torch.jit.load(str(path))
+    with torch.no_grad():
+        got = [loaded(*ex) for ex in examples]
+    got = [(o.numpy(), n.numpy()) for o, n in got]
     diffs = []
     for (eo, el), (go, gl) in zip(eager, got, strict=True):
         if go.shape != tuple(eo.shape) or (gl != el.numpy()).any():

@@ -24,7 +24,8 @@ if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
 fi
 extras=""
-[ "${1:-}" = "--test" ] && extras="[test,hf]"  # hf: the Hugging Face import tests run in CI
+# hf: the Hugging Face import tests run in CI; onnx: the ONNX export and runtime tests
+[ "${1:-}" = "--test" ] && extras="[test,hf,onnx]"
 stamp=".venv/.kdprune-installed${extras:+-test}"
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   echo "[setup] installing kdprune$extras into .venv (torch is large: a few minutes)" >&2

@@ -20,7 +20,7 @@ from kdprune.data.batching import bucket_batches
 from kdprune.data.features import FeatureConfig, FeatureSet, on_the_fly_features
 from kdprune.deploy.runtime import GreedySearch, OnnxTransducer
 from kdprune.eval.evaluate import utterance_records, write_records
-from kdprune.eval.latency import measure_latency
+from kdprune.eval.latency import PROTOCOL, LatencyProtocol, measure_latency
 from kdprune.eval.wer import corpus_wer
 from kdprune.utils import from_dict, log
 
@@ -93,11 +93,14 @@ def stream_transcribe(model: OnnxTransducer, fs: FeatureSet) -> tuple[list[str],
     return hyps, chunk_timing(per_chunk, audio_s, s["shift_frames"] * hop_ms)
 
 
-def onnx_latency(model: OnnxTransducer, fs: FeatureSet, max_utts: int = 20) -> dict[str, Any]:
-    """Full-context latency at batch 1 (encoder + greedy search) on up to `max_utts`
-    utterances spread over the set (`kdprune.eval.latency.measure_latency`)."""
-    step = max(1, len(fs.utts) // max_utts)
-    picks = list(range(0, len(fs.utts), step))[:max_utts]
+def onnx_latency(
+    model: OnnxTransducer, fs: FeatureSet, protocol: LatencyProtocol = PROTOCOL
+) -> dict[str, Any]:
+    """Full-context latency at batch 1 (encoder + greedy search) by the PyTorch path's
+    `protocol` (`kdprune.eval.latency`: utterances, warm-up, best of passes, the node's
+    lock); the sessions' own thread count stands for the protocol's torch threads."""
+    step = max(1, len(fs.utts) // protocol.utterances)
+    picks = list(range(0, len(fs.utts), step))[: protocol.utterances]
     feats = [fs[i].float().numpy()[None] for i in picks]
 
     def run(i: int) -> None:
@@ -105,11 +108,16 @@ def onnx_latency(model: OnnxTransducer, fs: FeatureSet, max_utts: int = 20) -> d
         enc, lens = model.encode(f, np.array([f.shape[1]]))
         GreedySearch(model, 1).feed(enc, lens)
 
-    lat = measure_latency(run, [fs.utts[i].duration for i in picks], "cpu")
+    lat = measure_latency(run, [fs.utts[i].duration for i in picks], "cpu",
+                          warmup=protocol.warmup, repeats=protocol.repeats,
+                          exclusive=protocol.exclusive)  # fmt: skip
     return {
         "latency_ms_per_audio_s": lat.ms_per_audio_s,
         "rtf": lat.rtf,
         "latency_threads": model.threads or 0,
+        "latency_batch": 1,
+        "latency_audio_s": round(lat.audio_s, 3),
+        "latency_repeats": lat.repeats,
     }
 
 
@@ -119,7 +127,6 @@ def evaluate_onnx(
     output: Path | None = None,
     streaming: bool = False,
     threads: int = 1,
-    latency_utts: int = 20,
 ) -> dict[str, Any]:
     """The `kdprune evaluate --runtime onnx` result (sessions with `threads` threads)."""
     model = OnnxTransducer(export_dir, threads=threads)
@@ -146,7 +153,7 @@ def evaluate_onnx(
         "num_utterances": len(fs.utts),
         "params": model.meta["params"],
         "encoder_params": model.meta["encoder_params"],
-        **onnx_latency(model, fs, latency_utts),
+        **onnx_latency(model, fs),
         **timing,
         "device": "cpu",
         "beam": 1,

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from kdprune.deploy.graphs import DecoderGraph, EncoderGraph, JoinerGraph, StreamingEncoderGraph
-from kdprune.deploy.runtime import METADATA, TOKENS, OnnxTransducer
+from kdprune.deploy.runtime import METADATA, TOKENS, OnnxTransducer, require
 from kdprune.models.model_dir import load_model_dir
 from kdprune.models.streaming import StreamingEncoder
 from kdprune.models.transducer import Transducer
@@ -106,8 +106,7 @@ def _write_tokens(path: Path, tokenizer, blank: int) -> None:
 
 def _add_onnx_metadata(path: Path, meta: dict[str, Any]) -> None:
     """Flat key facts in the encoder's metadata_props (what sherpa-style runtimes read)."""
-    import onnx
-
+    onnx = require("onnx")
     m = onnx.load(str(path))
     facts = {
         "model_type": "conformer-transducer",
@@ -175,6 +174,7 @@ def verify(model: Transducer, ort_model: OnnxTransducer) -> dict[str, float]:
 def export_onnx(model_dir: Path, out_dir: Path, atol: float = 1e-4) -> dict[str, Any]:
     """Export and verify every graph; the result names the directory, files and the
     largest difference from eager PyTorch (an error above `atol`)."""
+    require("onnx"), require("onnxruntime")  # before minutes of tracing, not after
     model_dir = Path(model_dir).resolve()
     m = load_model_dir(model_dir)
     model, cfg = m.model.eval(), m.config

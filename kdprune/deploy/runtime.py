@@ -24,6 +24,19 @@ SPACE = "\u2581"  # sentencepiece's word-boundary mark
 UNK, UNK_TEXT = "<unk>", " \u2047 "  # the unknown piece and how sentencepiece prints it
 
 
+def require(name: str):
+    """Import `name` ("onnx", "onnxruntime"), or one clear error naming the extra."""
+    import importlib
+
+    try:
+        return importlib.import_module(name)
+    except ImportError as e:
+        raise RuntimeError(
+            f"ONNX export and decoding need {name}: pip install -e '.[onnx]' "
+            "(scripts/setup.sh --test installs it)"
+        ) from e
+
+
 def read_tokens(path: Path) -> list[str]:
     """tokens.txt: one "piece id" a line, ids 0..V (the blank last) -> pieces by id."""
     table: dict[int, str] = {}
@@ -47,8 +60,7 @@ class OnnxTransducer:
     onnxruntime's default), one inter-op thread, CPU."""
 
     def __init__(self, export_dir: Path, threads: int | None = None) -> None:
-        import onnxruntime as ort
-
+        ort = require("onnxruntime")
         self.dir = Path(export_dir)
         if not (self.dir / METADATA).exists():
             raise FileNotFoundError(
