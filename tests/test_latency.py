@@ -57,6 +57,8 @@ def test_model_latency_follows_the_protocol_and_records_it(tiny_manifests):
     durs = [u.duration for u in fs.utts[:: max(1, len(fs.utts) // 3)][:3]]
     assert abs(out["latency_audio_s"] - sum(durs)) < 1e-2
     assert out["latency_ms_per_audio_s"] > 0
+    # one thread on the CPU: its CPU time, which other processes cannot add to, <= wall
+    assert 0 < out["latency_cpu_ms_per_audio_s"] <= 1.05 * out["latency_ms_per_audio_s"]
     assert abs(out["rtf"] * 1000 - out["latency_ms_per_audio_s"]) < 1e-6
 
 

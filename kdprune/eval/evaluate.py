@@ -136,6 +136,7 @@ def model_latency(
         "latency_batch": 1,
         "latency_audio_s": round(lat.audio_s, 3),
         "latency_repeats": lat.repeats,
+        "latency_cpu_ms_per_audio_s": lat.cpu_ms_per_audio_s,
     }
 
 

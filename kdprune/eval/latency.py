@@ -45,6 +45,9 @@ class Latency:
     runs: int  # utterances timed
     audio_s: float = 0.0  # seconds of audio timed (once)
     repeats: int = 1
+    # CPU time of the timing thread per second of audio (best pass of each utterance), on
+    # the CPU at 1 thread: what a busy machine's other processes cannot add to (0 else)
+    cpu_ms_per_audio_s: float = 0.0
 
 
 def sync(device: torch.device | str) -> None:
@@ -79,13 +82,16 @@ def measure_latency(
             # passes over the set, each utterance's best pass kept: a burst of load on the
             # machine spoils one pass of an utterance, not all its runs back to back
             best = [float("inf")] * len(durations_s)
+            best_cpu = list(best)
             for _ in range(max(1, repeats)):
                 for i in range(len(durations_s)):
-                    t0 = time.perf_counter()
+                    c0, t0 = time.thread_time(), time.perf_counter()
                     run_one(i)
                     sync(device)
                     best[i] = min(best[i], time.perf_counter() - t0)
+                    best_cpu[i] = min(best_cpu[i], time.thread_time() - c0)
             total = sum(best)
+        one_cpu_thread = torch.device(device).type == "cpu" and torch.get_num_threads() == 1
         audio = sum(durations_s)
         return Latency(
             1000 * total / audio,
@@ -95,6 +101,7 @@ def measure_latency(
             len(durations_s),
             audio,
             max(1, repeats),
+            1000 * sum(best_cpu) / audio if one_cpu_thread else 0.0,
         )
     finally:
         torch.set_num_threads(prev_threads)
