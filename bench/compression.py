@@ -166,6 +166,10 @@ def interleaved(fns: dict[str, callable], rounds: int, seed: int = 0) -> Timings
 
 
 def latency_fn(enc: ConformerEncoder, feats: torch.Tensor, device: str, runs: int, threads: int):
+    """A function timing `runs` forwards (wall-clock ms per audio second). Its `cpu` list
+    gets each call's CPU time of the timing thread (same unit; 1 CPU thread only): on a
+    shared machine preemption adds wall time but no CPU time, so CPU-time ratios
+    cross-check the wall-clock ones."""
     lens = torch.tensor([feats.shape[1]], device=device)
     audio_s = feats.shape[1] / 100.0  # 10 ms hop
 
@@ -174,8 +178,10 @@ def latency_fn(enc: ConformerEncoder, feats: torch.Tensor, device: str, runs: in
 
     def timed() -> float:  # ms per second of audio
         lat = measure_latency(run, [audio_s] * runs, device, warmup=0, threads=threads)
+        timed.cpu.append(lat.cpu_ms_per_audio_s)
         return lat.ms_per_audio_s
 
+    timed.cpu = []
     return timed
 
 
@@ -211,6 +217,8 @@ def bench_latency(args, dev_name: str) -> None:
         fns[f"frontend_{k}"] = latency_fn(front, feats, args.device, args.runs, args.threads)
     flops = {k: forward_flops(m, feats) for k, m in models.items()}
     ms = interleaved(fns, args.rounds)
+    cpu = Timings({k: fn.cpu[1:] for k, fn in fns.items()})  # [0]: the warm-up call
+    cpu_ok = args.device == "cpu" and args.threads == 1  # else no CPU time is recorded
     base = {"audio_s": 10.0, "batch": 1, "threads": args.threads, "rounds": args.rounds}
     dims50 = [
         (d.num_heads, d.ffn1_dim, d.ffn2_dim, d.conv_channels) for d in models["l0_0.5"].cfg.layers
@@ -229,6 +237,11 @@ def bench_latency(args, dev_name: str) -> None:
                 "paired_median_ratio_by_sparsity": {
                     str(s): round(ms.paired_ratio(f"l0_{s}", f"direct_{s}"), 4) for s in SPARSITIES
                 },
+                "cpu_time_ratio_by_sparsity": {
+                    str(s): round(cpu.ratio(f"l0_{s}", f"direct_{s}"), 4) for s in SPARSITIES
+                }
+                if cpu_ok
+                else None,
                 "materialised_best_ms_per_audio_s": {
                     str(s): ms.best(f"l0_{s}") for s in SPARSITIES
                 },
@@ -254,6 +267,11 @@ def bench_latency(args, dev_name: str) -> None:
                 "paired_median_speedup_l0": {
                     str(s): round(ms.paired_ratio("teacher", f"l0_{s}"), 3) for s in SPARSITIES
                 },
+                "cpu_time_speedup_l0": {
+                    str(s): round(cpu.ratio("teacher", f"l0_{s}"), 3) for s in SPARSITIES
+                }
+                if cpu_ok
+                else None,
                 "achieved_sparsity": sparsity,
                 "teacher_best_ms_per_audio_s": ms.best("teacher"),
                 "frontend_share_of_teacher": round(ms.ratio("frontend_teacher", "teacher"), 3),
