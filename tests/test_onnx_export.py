@@ -1,5 +1,5 @@
-"""ONNX export of random tiny models of every kind (dense, materialised l0, LRF; streaming
-or not; conv2d or waveform front end): the streaming chunk graph equals the cached PyTorch
+"""ONNX export of random tiny models of every kind (dense, materialised l0 with its front
+end cut, LRF; streaming or not; learned, relative or rotary positions): the streaming chunk graph equals the cached PyTorch
 `StreamingEncoder` and the masked full-sequence forward, every exported graph equals eager
 PyTorch in onnxruntime at other batch sizes and lengths, and onnxruntime's greedy search
 emits PyTorch's tokens."""
@@ -79,10 +79,15 @@ def test_chunk_windows_cover_every_output_once():
 
 
 @pytest.mark.parametrize(
-    "kind,streaming", [("dense", False), ("dense", True), ("l0", True), ("lrf", False)]
-)
-def test_export_verifies_every_graph_and_decodes_like_pytorch(tok, tmp_path, kind, streaming):
-    model = model_of(kind, streaming, vocab=tok.vocab_size)
+    "kind,streaming,position",
+    [("dense", False, {}), ("dense", True, {}), ("l0", True, {}), ("lrf", False, {}),
+     ("l0", True, {"position": "relative"}), ("dense", True, {"position": "rotary",
+                                                              "rotary_dim": 8})],
+)  # fmt: skip
+def test_export_verifies_every_graph_and_decodes_like_pytorch(
+    tok, tmp_path, kind, streaming, position
+):
+    model = model_of(kind, streaming, vocab=tok.vocab_size, **position)
     src = save_model_dir(tmp_path / "model", model, tok)
     res = export_onnx(src, tmp_path / "onnx")
     graphs = {"encoder", "decoder", "joiner"} | ({"streaming_encoder"} if streaming else set())

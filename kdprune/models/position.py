@@ -37,8 +37,8 @@ def relative_scores(
 
     q_v: (B, H, Tq, dh) queries plus pos_bias_v; pos_proj: (R, d_model) -> (R, H·dh)."""
     rel = q_pos[:, None] - k_pos[None, :]  # (Tq, Tk): i − j
-    lo = int(rel.min())
-    table = relative_sinusoids(torch.arange(lo, int(rel.max()) + 1, device=rel.device), d_model)
+    lo, hi = rel.min(), rel.max()  # tensors, not ints: an ONNX trace keeps them dynamic
+    table = relative_sinusoids(torch.arange(lo, hi + 1, device=rel.device), d_model)
     b, h, tq, dh = q_v.shape
     p = pos_proj(table.to(q_v.dtype)).view(-1, h, dh)  # (R, H, dh)
     scores = torch.einsum("bhqd,rhd->bhqr", q_v, p)  # (B, H, Tq, R)
