@@ -233,7 +233,6 @@ def method_table(
 
 
 GRID_SAME = ("preset", "steps", "teacher_dir", "data")  # parent params pooled runs share
-BUDGET_KNOBS = ("target_sparsity", "rank_ratio")  # one value each across pooled cells
 
 
 def grid_parents(client: Any, df: pd.DataFrame) -> list[str]:
@@ -258,7 +257,7 @@ def grid_parents(client: Any, df: pd.DataFrame) -> list[str]:
             k: {round(float(v), 6) for v in pd.to_numeric(sub[k], errors="coerce").dropna()}
             if k in sub
             else set()
-            for k in BUDGET_KNOBS
+            for k in KNOBS  # one value each across pooled cells
         }
 
     _, newest, same = grids[0]
