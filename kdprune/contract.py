@@ -138,6 +138,7 @@ TAG_SWEEP_RUN = "kdprune.sweep_run"  # the sweep run's name, on its parent
 TAG_STOPPED_EARLY = "kdprune.stopped_early"  # "true" / "false" on a closed child
 TAG_STOPPED_AT_STEP = "kdprune.stopped_at_step"
 TAG_FAILURE_REASON = "kdprune.failure_reason"
+TAG_ORPHANED = "kdprune.orphaned"  # why a child closed by the driver never ran to an end
 TAG_MODEL_DIR = "kdprune.model_dir"  # the finished trial's model directory
 TAG_SYNTHETIC = "kdprune.synthetic"  # "true" on made-up runs (test fakes): never results
 TAG_SWEEP_KIND = "kdprune.sweep_kind"  # on a parent: SWEEP_GRID (fixed grid) or SWEEP_SEARCH

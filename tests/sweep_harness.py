@@ -46,7 +46,11 @@ def sweep_runs(uri: str, experiment: str):
     exp = client.get_experiment_by_name(experiment)
     runs = client.search_runs([exp.experiment_id], max_results=1000)
     parents = [r for r in runs if r.data.tags.get("kdprune.role") == "sweep"]
-    children = [r for r in runs if r.data.tags.get("kdprune.role") == "trial"]
+    children = [
+        r
+        for r in runs
+        if r.data.tags.get("kdprune.role") == "trial" and "kdprune.orphaned" not in r.data.tags
+    ]
     return client, parents, children
 
 

@@ -24,6 +24,7 @@ from pathlib import Path
 import optuna
 import psutil
 import pytest
+from mlflow import MlflowClient
 from sweep_harness import (
     PY,
     REPO,
@@ -108,11 +109,10 @@ def test_driver_killed_then_resume_finishes_the_sweep(tmp_path):
         _, children = trial_runs(tmp_path / "work", "resume")
         done = [c for c in children if c.info.status != "RUNNING"]
         running = [c for c in children if c.info.status == "RUNNING"]
-        ckpts = {
-            p.parent.name
-            for p in (tmp_path / "work" / "ray_results").glob("*/train/*/checkpoint_*")
-        }
-        if done and any(c.data.tags["kdprune.trial_id"] in ckpts for c in running):
+        # a checkpoint of a running trial: in its Tune trial folder (a 1-worker trial trains
+        # in its Tune function) or its Train run's (``*/train/<trial id>/``)
+        ckpts = [p.parent.name for p in (tmp_path / "work" / "ray_results").glob("**/checkpoint_*")]
+        if done and any(c.data.tags["kdprune.trial_id"] in n for c in running for n in ckpts):
             tree = descendants(proc.pid)
             proc.send_signal(signal.SIGKILL)
             proc.wait()
@@ -124,6 +124,12 @@ def test_driver_killed_then_resume_finishes_the_sweep(tmp_path):
     assert killed, (tmp_path / "first.err").read_text()[-3000:]
     proc = start_sweep(SYNTH, [*args, "--resume"], env, tmp_path / "second")
     result = finish(proc, tmp_path / "second", 600)
+    # A trial Tune started after its last saved state dies with the driver unknown to the
+    # resume: its child is closed KILLED with the reason, never left RUNNING, never a result.
+    mlflow = MlflowClient(result["tracking_uri"])
+    runs = mlflow.search_runs([mlflow.get_experiment_by_name("resume").experiment_id])
+    orphans = [c for c in runs if "kdprune.orphaned" in c.data.tags]
+    assert all(c.info.status == "KILLED" for c in orphans) and len(orphans) <= 1
     client, children, study = check_sweep(result, 4)
     attempts = {
         c.data.tags["kdprune.trial_id"]: int(c.data.tags["kdprune.attempt"]) for c in children

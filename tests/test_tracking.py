@@ -202,3 +202,22 @@ def test_a_real_compression_logs_per_step_training_metrics(tmp_path, tiny_workdi
     assert sorted(steps["prune/lambda1"]) == [10, 20]  # the Lagrangian lives while pruning
     assert len(set(steps["prune/expected_sparsity"])) > 1
     assert client.get_run(run).data.metrics["wer_dev"] == result["wer_dev"]
+
+
+def test_children_tune_lost_with_a_killed_driver_are_closed_with_the_reason(tracker):
+    """After a resumed sweep ran to its end, a child still RUNNING (or KILLED by a stop)
+    belongs to a trial started after the killed driver's last saved state: KILLED, tagged."""
+    parent = tracker.parent_run({"trials": 3})
+    lost, _ = tracker.child_run(parent, "t-lost", CFG)
+    stopped, _ = tracker.child_run(parent, "t-stopped", CFG)
+    done, _ = tracker.child_run(parent, "t-done", CFG)
+    tracker.client.set_terminated(stopped, "KILLED")
+    tracker.client.set_terminated(done, "FINISHED")
+    assert tracker.close_orphans(parent) == 2
+    get = tracker.client.get_run
+    for run_id in (lost, stopped):
+        assert get(run_id).info.status == "KILLED"
+        assert "lost with the killed driver" in get(run_id).data.tags["kdprune.orphaned"]
+    assert get(done).info.status == "FINISHED" and "kdprune.orphaned" not in get(done).data.tags
+    assert get(parent).info.status == "RUNNING"  # the parent is the caller's to close
+    assert tracker.close_orphans(parent) == 2  # idempotent: the same runs, still KILLED

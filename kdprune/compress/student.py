@@ -16,6 +16,7 @@ from kdprune.contract import EVAL_SPLITS, utterances_file
 from kdprune.data.batching import Batch
 from kdprune.distill.kd import KDConfig, LayerKD
 from kdprune.distill.small import init_small_from_teacher, small_student_config
+from kdprune.eval import latency_lock
 from kdprune.eval.evaluate import decode_set, model_latency, write_records
 from kdprune.models.conformer import lengths_to_mask
 from kdprune.models.transducer import Transducer
@@ -171,7 +172,10 @@ def evaluate_student(
     enc = model.encoder_params()
     wer = {}
     for split, fs in zip(EVAL_SPLITS, (data.dev, data.test), strict=True):
-        wer[split], records = decode_set(model, fs, data.tokenizer, device)
+        # heavy work like a training step: a latency measured on this node meanwhile (another
+        # trial's) waits for it, and it waits for that measurement (kdprune.eval.latency_lock)
+        with latency_lock.shared():
+            wer[split], records = decode_set(model, fs, data.tokenizer, device)
         if utterances_dir is not None:
             write_records(Path(utterances_dir) / utterances_file(split), records)
     return {

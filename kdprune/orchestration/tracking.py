@@ -38,6 +38,7 @@ from kdprune.contract import (
     TAG_FAILURE_REASON,
     TAG_MODEL_DIR,
     TAG_NOTE,
+    TAG_ORPHANED,
     TAG_PARENT,
     TAG_ROLE,
     TAG_STOPPED_AT_STEP,
@@ -294,6 +295,30 @@ class SweepTracker:
         for run in runs:
             self.client.set_terminated(run.info.run_id, "KILLED")
         self.client.set_terminated(parent_id, "KILLED")
+        return len(runs)
+
+    def close_orphans(self, parent_id: str) -> int:
+        """After Tune ran a sweep to its end, a child still RUNNING (or KILLED by a stop)
+        belongs to a trial Tune no longer knows: one that started after the sweep's last
+        saved state when its driver was killed (SIGKILL), so the resume went on without
+        it. It is KILLED with the reason (tag ``kdprune.orphaned``); the report counts it
+        as killed, never as a result. Returns how many."""
+        runs = [
+            run
+            for status in ("RUNNING", "KILLED")
+            for run in self.client.search_runs(
+                [self.experiment_id],
+                f"tags.`{TAG_PARENT}` = '{parent_id}' AND attributes.status = '{status}'",
+            )
+        ]
+        for run in runs:
+            self.client.set_tag(
+                run.info.run_id,
+                TAG_ORPHANED,
+                "its trial started after the sweep's last saved state and was lost with the "
+                "killed driver; the resumed search went on without it",
+            )
+            self.client.set_terminated(run.info.run_id, "KILLED")
         return len(runs)
 
     def update_front(

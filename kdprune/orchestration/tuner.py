@@ -395,6 +395,12 @@ def run_sweep(
                     if orphans:
                         log(f"marked {orphans} orphaned Optuna trial(s) of a killed driver as FAIL")
                     tracker = SweepTracker(uri, run.config.name, run.run_name)
+                    lost = tracker.close_orphans(run.parent_run_id)
+                    if lost:
+                        log(
+                            f"closed {lost} MLflow child run(s) as KILLED: their trials started "
+                            "after the last saved state of the killed driver and were not resumed"
+                        )
                     tracker.update_front(
                         run.parent_run_id, run.config.objectives, run.reference_point
                     )
